@@ -1,0 +1,1 @@
+"""The node: command line, and later the HTTP APIs, config and wiring."""

@@ -1,0 +1,1 @@
+"""contracts: filled in by its issue."""
