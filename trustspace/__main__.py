@@ -1,0 +1,3 @@
+from trustspace.connector.cli import main
+
+main()
