@@ -187,3 +187,16 @@ def test_invalid_curve_points_are_refused(keys: list[SM2PrivateKey]) -> None:
 def test_private_value_out_of_range_is_refused(d: int) -> None:
     with pytest.raises(KeyFormatError, match="out of range"):
         SM2PrivateKey.from_private_value(d)
+
+
+def test_concurrent_signing_from_threads(keys: list[SM2PrivateKey]) -> None:
+    """The OpenSSL binding holds no shared per-call state: threads can sign at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(i: int) -> None:
+        message = f"message {i}".encode()
+        for _ in range(50):
+            keys[i % 2].public_key.verify(keys[i % 2].sign(message), message)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(work, range(8)))
