@@ -211,7 +211,25 @@ class SM2PublicKey:
             pkey = _libcrypto.load_public_spki(der)
         except _libcrypto._OpenSSLError as exc:
             raise KeyFormatError(f"not an SM2 public key: {exc}") from None
-        return cls(pkey, _libcrypto.spki_der(pkey))
+        return cls._canonical(pkey)
+
+    @classmethod
+    def _canonical(cls, pkey: _libcrypto.PKey) -> SM2PublicKey:
+        """One key, one encoding: RFC 5480 allows a compressed point in the SPKI, but the key id,
+        the Z value and equality must not depend on how a file happened to encode it."""
+        der = _libcrypto.spki_der(pkey)
+        if len(der) == len(_SPKI_PREFIX) + 65 and der.startswith(_SPKI_PREFIX):
+            return cls(pkey, der)
+        try:
+            alg_and_key = _der.read_sequence(der)
+            _, pos = _der.read_tlv(alg_and_key, 0, _der.SEQUENCE)
+            bits, _ = _der.read_tlv(alg_and_key, pos, 0x03)  # BIT STRING
+        except ValueError as exc:
+            raise KeyFormatError(f"unexpected SubjectPublicKeyInfo: {exc}") from None
+        if not bits or bits[0] != 0:
+            raise KeyFormatError("unexpected SubjectPublicKeyInfo: bad BIT STRING")
+        uncompressed = _SPKI_PREFIX + decode_point(bits[1:])
+        return cls(_libcrypto.load_public_spki(uncompressed), uncompressed)
 
     @classmethod
     def from_pem(cls, data: bytes | str) -> SM2PublicKey:
@@ -286,7 +304,7 @@ class SM2PrivateKey:
 
     def __init__(self, pkey: _libcrypto.PKey) -> None:
         self._pkey = pkey
-        self.public_key = SM2PublicKey.from_der(_libcrypto.spki_der(pkey))
+        self.public_key = SM2PublicKey._canonical(pkey)
 
     @classmethod
     def generate(cls) -> SM2PrivateKey:
