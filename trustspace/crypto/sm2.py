@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from . import _der, _libcrypto
 from .errors import DecryptionFailed, InvalidPoint, KeyFormatError, SignatureInvalid
-from .sm3 import sm3
+from .sm3 import sm3, sm3_chunks
 
 # GB/T 32918.5-2017 recommended curve parameters.
 P = 0xFFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF00000000FFFFFFFFFFFFFFFF
@@ -263,7 +263,7 @@ class SM2PublicKey:
 
     def message_digest(self, message: bytes, user_id: bytes = DEFAULT_USER_ID) -> bytes:
         """e = SM3(Z ‖ M), GB/T 32918.2-2016 §6.1 steps A1-A2."""
-        return sm3(self.z(user_id) + message)
+        return sm3_chunks((self.z(user_id), message))  # no copy of a large message
 
     def verify(self, signature: bytes, message: bytes, user_id: bytes = DEFAULT_USER_ID) -> None:
         """Raise SignatureInvalid unless `signature` is this key's SM2 signature of `message`."""

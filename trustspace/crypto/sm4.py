@@ -36,21 +36,25 @@ def gcm_encrypt(key: bytes, nonce: bytes, plaintext: bytes, aad: bytes = b"") ->
     if len(nonce) != GCM_NONCE_SIZE:
         raise ValueError(f"SM4-GCM nonce must be {GCM_NONCE_SIZE} bytes")
     enc = Cipher(algorithms.SM4(key), modes.GCM(nonce)).encryptor()
-    enc.authenticate_additional_data(aad)
+    if aad:
+        enc.authenticate_additional_data(aad)
     body = enc.update(plaintext) + enc.finalize()
     return body + enc.tag
 
 
-def gcm_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes = b"") -> bytes:
+def gcm_decrypt(key: bytes, nonce: bytes, ciphertext: bytes | memoryview,
+                aad: bytes = b"") -> bytes:
     """Inverse of `gcm_encrypt`; raises DecryptionFailed on any tampering or truncation."""
     _check_key(key)
     if len(nonce) != GCM_NONCE_SIZE:
         raise DecryptionFailed("SM4-GCM nonce must be 12 bytes")
     if len(ciphertext) < GCM_TAG_SIZE:
         raise DecryptionFailed("ciphertext shorter than the GCM tag")
-    body, tag = ciphertext[:-GCM_TAG_SIZE], ciphertext[-GCM_TAG_SIZE:]
+    view = memoryview(ciphertext)  # no copy of a large payload
+    body, tag = view[:-GCM_TAG_SIZE], bytes(view[-GCM_TAG_SIZE:])
     dec = Cipher(algorithms.SM4(key), modes.GCM(nonce, tag)).decryptor()
-    dec.authenticate_additional_data(aad)
+    if aad:
+        dec.authenticate_additional_data(aad)
     try:
         return dec.update(body) + dec.finalize()
     except InvalidTag:
@@ -66,7 +70,8 @@ def seal(key: bytes, plaintext: bytes, aad: bytes = b"") -> bytes:
 def unseal(key: bytes, sealed: bytes, aad: bytes = b"") -> bytes:
     if len(sealed) < GCM_NONCE_SIZE + GCM_TAG_SIZE:
         raise DecryptionFailed("sealed data truncated")
-    return gcm_decrypt(key, sealed[:GCM_NONCE_SIZE], sealed[GCM_NONCE_SIZE:], aad)
+    view = memoryview(sealed)
+    return gcm_decrypt(key, bytes(view[:GCM_NONCE_SIZE]), view[GCM_NONCE_SIZE:], aad)
 
 
 def cbc_encrypt(key: bytes, iv: bytes, plaintext: bytes) -> bytes:
