@@ -23,6 +23,9 @@ from trustspace.crypto import (
 )
 from trustspace.crypto.sm2 import CiphertextForm
 
+from .cli_node import NodeCommandError
+from .cli_node import register as register_node_commands
+
 app = typer.Typer(
     help="trustspace: a privacy-preserving trusted data exchange node (SM2/SM3/SM4).",
     no_args_is_help=True,
@@ -31,6 +34,7 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Create and inspect SM2 keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+register_node_commands(app)
 
 EXIT_REFUSED = 1
 EXIT_BAD_INPUT = 2
@@ -229,6 +233,9 @@ def main() -> None:
     except (SignatureInvalid, DecryptionFailed, DocumentInvalid) as exc:
         typer.echo(f"refused: {exc}", err=True)
         sys.exit(EXIT_REFUSED)
+    except NodeCommandError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.code)
     except (CliError, CryptoError, ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.code if isinstance(exc, CliError) else EXIT_BAD_INPUT)

@@ -1,0 +1,89 @@
+"""The application factory: one FastAPI app per node, built from its settings (nothing global,
+so a test can run several nodes in one process)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from datetime import timedelta
+from typing import Any
+
+from fastapi import FastAPI
+
+from trustspace import __version__
+from trustspace.registry import dsp
+from trustspace.registry.credentials import issue_membership
+
+from . import audit_api, catalog_api, management_api, products_api, registry_api
+from .config import Settings
+from .crawler import crawl_forever
+from .errors import BodyLimit, install_error_handlers
+from .node import MEMBERSHIP_STATE, Clock, Node, utc_now
+
+
+def _ensure_authority_credential(node: Node) -> None:
+    """The authority holds a membership like everyone else, issued by itself, so its own
+    requests (crawling catalogs) authenticate the same way."""
+    if node.membership() is not None:
+        return
+    now = node.clock()
+    doc = issue_membership(
+        node.key, management_api.authority_id(node),
+        participant_id=management_api.authority_id(node), name=node.settings.name,
+        roles=["authority"], public_key=node.key.public_key,
+        endpoint_url=node.settings.public_url, valid_from=now - timedelta(minutes=5),
+        valid_until=now + timedelta(days=node.settings.membership_days))
+    node.set_state(MEMBERSHIP_STATE, doc.to_json())
+
+
+def create_app(settings: Settings, *, key_password: bytes | None = None,
+               clock: Clock = utc_now) -> FastAPI:
+    node = Node(settings, key_password=key_password, clock=clock)
+    node.db.migrate()
+    if node.is_authority:
+        _ensure_authority_credential(node)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = None
+        if node.is_authority and settings.crawl_interval_seconds > 0:
+            task = asyncio.create_task(crawl_forever(node, settings.crawl_interval_seconds))
+        yield
+        if task is not None:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+        node.db.dispose()
+
+    app = FastAPI(
+        title=f"trustspace node {settings.name}", version=__version__, lifespan=lifespan,
+        description="Protocol API (Dataspace Protocol 2025-1, SM2-signed requests), "
+                    "management API (operator bearer token) and audit API (regulators).",
+    )
+    app.state.node = node
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+
+    @app.get("/.well-known/dspace-version", tags=["protocol"])
+    def dspace_version() -> dict[str, Any]:
+        return dsp.version_response("/")
+
+    @app.get("/ns/v1/context.jsonld", tags=["protocol"])
+    def trustspace_context() -> dict[str, Any]:
+        """The JSON-LD context of trustspace's DSP extension terms (ts:)."""
+        return dict(dsp.TS_CONTEXT_DOCUMENT)
+
+    app.include_router(catalog_api.router)
+    app.include_router(registry_api.router)
+    app.include_router(management_api.router)
+    app.include_router(products_api.router)
+    app.include_router(audit_api.router)
+    return app
+
+
+def app_from_home(home: str) -> FastAPI:
+    """For `uvicorn --factory`-style use: TRUSTSPACE_HOME or the given folder."""
+    from pathlib import Path
+
+    return create_app(Settings.load(Path(home)))

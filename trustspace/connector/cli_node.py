@@ -1,0 +1,251 @@
+"""The node commands of the CLI: init and serve a node, then operate it through its management
+API (the operator's bearer token is read from the node's home)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from .config import Settings
+from .home import init_home, read_token
+
+Home = Annotated[Path, typer.Option("--home", envvar="TRUSTSPACE_HOME",
+                                    help="The node's home folder.")]
+
+
+class NodeCommandError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _client(home: Path) -> tuple[httpx.Client, str]:
+    settings = Settings.load(home)
+    token = os.environ.get("TRUSTSPACE_TOKEN") or read_token(home)
+    base = f"http://{settings.host}:{settings.port}"
+    return httpx.Client(base_url=base, timeout=60,
+                        headers={"authorization": f"Bearer {token}"}), base
+
+
+def call(home: Path, method: str, path: str, body: Any = None,
+         params: dict[str, Any] | None = None) -> Any:
+    client, base = _client(home)
+    with client:
+        try:
+            response = client.request(method, path, json=body, params=params)
+        except httpx.HTTPError as exc:
+            raise NodeCommandError(f"node not reachable at {base} ({exc}); is "
+                                   "`trustspace serve` running?", 2) from None
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = {"error": "error", "detail": response.text[:300]}
+    if response.status_code >= 400:
+        reason = payload.get("error") or payload.get("code") or "error"
+        detail = payload.get("detail") or "; ".join(payload.get("reason", []))
+        code = 2 if response.status_code in (400, 404, 413, 422) else 1
+        raise NodeCommandError(f"{reason}: {detail}", code)
+    return payload
+
+
+def show(payload: Any) -> None:
+    typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+
+
+# ---- init and serve -------------------------------------------------------------------------
+
+def init(
+    home: Annotated[Path, typer.Argument(help="Folder for the new node's home.")],
+    name: Annotated[str, typer.Option(help="The participant's name, e.g. hospital-a.")],
+    public_url: Annotated[str, typer.Option(help="URL other nodes use to reach this node.")],
+    port: Annotated[int, typer.Option(help="Port `serve` listens on.")] = 8100,
+    authority: Annotated[bool, typer.Option(
+        "--authority", help="Make this node the data-space authority.")] = False,
+    authority_url: Annotated[str | None, typer.Option(help="The authority's URL.")] = None,
+    authority_key: Annotated[Path | None, typer.Option(
+        help="The authority's public key (PEM): the trust anchor.")] = None,
+    database_url: Annotated[str, typer.Option(
+        help="SQLAlchemy URL; default: SQLite in the home.")] = "",
+    password_env: Annotated[str | None, typer.Option(
+        help="Encrypt the node key with the password in this environment variable.")] = None,
+) -> None:
+    """Create a node's home: SM2 identity key, trust anchor, config and operator token."""
+    password = None
+    if password_env:
+        value = os.environ.get(password_env)
+        if not value:
+            raise NodeCommandError(f"environment variable {password_env} is not set", 2)
+        password = value.encode()
+    anchor = authority_key.read_bytes() if authority_key else None
+    settings, token = init_home(
+        home, name=name, public_url=public_url, port=port, authority=authority,
+        authority_url=authority_url, authority_key_pem=anchor, database_url=database_url,
+        key_password=password, key_password_env=password_env)
+    typer.echo(f"node {name} ({settings.kind}) created in {home}")
+    typer.echo(f"operator token (also in {home}/operator.token, mode 0600): {token}")
+
+
+def serve(home: Home) -> None:
+    """Run the node (protocol, management and audit APIs) until interrupted."""
+    import uvicorn
+
+    from .app import create_app
+
+    settings = Settings.load(home)
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
+                server_header=False)
+
+
+# ---- operating a node -----------------------------------------------------------------------
+
+node_app = typer.Typer(help="This node.", no_args_is_help=True)
+members_app = typer.Typer(help="Members of the data space (authority).", no_args_is_help=True)
+product_app = typer.Typer(help="Data products (provider).", no_args_is_help=True)
+catalog_app = typer.Typer(help="Find data products.", no_args_is_help=True)
+demand_app = typer.Typer(help="Data demands (供需撮合).", no_args_is_help=True)
+
+
+@node_app.command("info")
+def node_info(home: Home) -> None:
+    """Name, key id, membership and roles of this node."""
+    show(call(home, "GET", "/api/node"))
+
+
+def enrol(
+    home: Home,
+    roles: Annotated[str, typer.Option(help="Comma-separated: provider,consumer,regulator.")],
+) -> None:
+    """Apply to the data space; the authority's operator approves."""
+    wanted = [r.strip() for r in roles.split(",") if r.strip()]
+    show(call(home, "POST", "/api/enrol", {"roles": wanted}))
+
+
+def enrol_status(home: Home) -> None:
+    """Ask the authority whether the application was approved; keep the credential."""
+    show(call(home, "POST", "/api/enrol/refresh"))
+
+
+@members_app.command("list")
+def members_list(home: Home, status: Annotated[str | None, typer.Option(
+        help="pending, approved, rejected or revoked")] = None) -> None:
+    """Applications and members."""
+    show(call(home, "GET", "/api/members", params={"status": status} if status else None))
+
+
+@members_app.command("approve")
+def members_approve(home: Home, application_id: str) -> None:
+    """Approve an application: issue the membership credential."""
+    show(call(home, "POST", f"/api/members/{application_id}/approve"))
+
+
+@members_app.command("reject")
+def members_reject(home: Home, application_id: str) -> None:
+    """Reject an application."""
+    show(call(home, "POST", f"/api/members/{application_id}/reject"))
+
+
+@members_app.command("revoke")
+def members_revoke(home: Home, participant_id: str,
+                   reason: Annotated[str, typer.Option()] = "revoked by the authority") -> None:
+    """Revoke a member's credential; every node refuses it from then on."""
+    show(call(home, "POST", "/api/members/revoke",
+              {"participant_id": participant_id, "reason": reason}))
+
+
+@product_app.command("add")
+def product_add(home: Home, spec: Annotated[Path, typer.Argument(help="Product spec (JSON).")],
+                new_version: Annotated[bool, typer.Option(
+                    help="Add a new version of an existing product.")] = False) -> None:
+    """Register a data product: validate, digest its data, register it, publish it."""
+    try:
+        body = json.loads(spec.read_bytes())
+    except ValueError as exc:
+        raise NodeCommandError(f"{spec} is not JSON: {exc}", 2) from None
+    show(call(home, "POST", "/api/products", body, params={"new_version": new_version}))
+
+
+@product_app.command("list")
+def product_list(home: Home) -> None:
+    """This node's products."""
+    show(call(home, "GET", "/api/products"))
+
+
+@product_app.command("show")
+def product_show(home: Home, product_id: str) -> None:
+    """One product: spec, versions, registration certificate, public preview."""
+    show(call(home, "GET", f"/api/products/{product_id}"))
+
+
+@product_app.command("retire")
+def product_retire(home: Home, product_id: str) -> None:
+    """Withdraw a product from the catalog (its history stays)."""
+    show(call(home, "POST", f"/api/products/{product_id}/retire"))
+
+
+@catalog_app.command("search")
+def catalog_search(
+    home: Home,
+    keyword: Annotated[list[str] | None, typer.Option(help="Repeat for more.")] = None,
+    provider: Annotated[str | None, typer.Option()] = None,
+    level: Annotated[str | None, typer.Option()] = None,
+    mode: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Search the data space's federated catalog (at the authority)."""
+    query: dict[str, Any] = {"keywords": keyword or []}
+    query.update({k: v for k, v in (("provider", provider), ("level", level), ("mode", mode))
+                  if v})
+    show(call(home, "POST", "/api/catalog/search", query))
+
+
+@catalog_app.command("fetch")
+def catalog_fetch(home: Home, url: str) -> None:
+    """Read a provider's DSP catalog directly."""
+    show(call(home, "POST", "/api/catalog/remote", {"url": url}))
+
+
+@catalog_app.command("crawl")
+def catalog_crawl(home: Home) -> None:
+    """(Authority) crawl every provider's catalog now."""
+    show(call(home, "POST", "/api/crawl"))
+
+
+@demand_app.command("post")
+def demand_post(
+    home: Home,
+    title: Annotated[str, typer.Option()],
+    purpose: Annotated[str, typer.Option()],
+    mode: Annotated[str, typer.Option()],
+    keyword: Annotated[list[str] | None, typer.Option()] = None,
+    description: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Post a data demand; the authority matches it against the catalog."""
+    show(call(home, "POST", "/api/demands", {
+        "title": title, "purpose": purpose, "mode": mode, "keywords": keyword or [],
+        "description": description}))
+
+
+@demand_app.command("list")
+def demand_list(home: Home) -> None:
+    """(Provider) demands that match this node's products."""
+    show(call(home, "GET", "/api/demands"))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("init")(init)
+    app.command("serve")(serve)
+    app.command("enrol")(enrol)
+    app.command("enrol-status")(enrol_status)
+    app.add_typer(node_app, name="node")
+    app.add_typer(members_app, name="members")
+    app.add_typer(product_app, name="product")
+    app.add_typer(catalog_app, name="catalog")
+    app.add_typer(demand_app, name="demand")
+
+
+

@@ -1,0 +1,80 @@
+"""Outgoing node-to-node requests: SM2-signed (RFC 9421), carrying this node's credential."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from trustspace.crypto import canonical_json
+
+from .auth import encode_credential
+from .errors import ApiError
+from .httpsig import CREDENTIAL_HEADER, SM2RequestAuth
+from .node import MEMBERSHIP_STATE, Node
+
+
+class RemoteError(Exception):
+    """The other node refused or failed; carries its status and machine-readable reason."""
+
+    def __init__(self, url: str, status: int, reason: str, detail: str) -> None:
+        self.url = url
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{url}: {status} {reason}: {detail}")
+
+
+def _reason(response: httpx.Response) -> tuple[str, str]:
+    try:
+        body = response.json()
+    except ValueError:
+        return "error", response.text[:200]
+    if isinstance(body, dict):
+        if "error" in body:
+            return str(body["error"]), str(body.get("detail", ""))
+        if "code" in body:  # a DSP error body
+            return str(body["code"]), "; ".join(map(str, body.get("reason", [])))
+    return "error", response.text[:200]
+
+
+class NodeClient:
+    def __init__(self, node: Node, *, credential: dict[str, Any] | None = None) -> None:
+        self.node = node
+        headers = {}
+        cred = credential if credential is not None else node.state(MEMBERSHIP_STATE)
+        extra: tuple[str, ...] = ()
+        if cred is not None:
+            headers[CREDENTIAL_HEADER] = encode_credential(cred)
+            extra = (CREDENTIAL_HEADER,)
+        self._client = httpx.AsyncClient(
+            auth=SM2RequestAuth(node.key, extra_components=extra), headers=headers,
+            timeout=node.settings.http_timeout_seconds)
+
+    async def __aenter__(self) -> NodeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.aclose()
+
+    async def request(self, method: str, url: str, body: Any = None) -> Any:
+        content = canonical_json(body) if body is not None else b""
+        try:
+            response = await self._client.request(
+                method, url, content=content,
+                headers={"content-type": "application/json"} if body is not None else {})
+        except httpx.HTTPError as exc:
+            raise ApiError(502, "remote-unreachable", f"{url}: {exc}") from None
+        if response.status_code >= 400:
+            reason, detail = _reason(response)
+            raise RemoteError(url, response.status_code, reason, detail)
+        if not response.content:
+            return None
+        return json.loads(response.content)
+
+    async def get(self, url: str) -> Any:
+        return await self.request("GET", url)
+
+    async def post(self, url: str, body: Any) -> Any:
+        return await self.request("POST", url, body)

@@ -1,0 +1,134 @@
+"""The running node: its settings, identity key, database, trust anchor and clock, built once by
+the application factory and shared by every request handler."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from trustspace.crypto import SM2PrivateKey, SM2PublicKey, verify_document
+from trustspace.db import Database
+from trustspace.registry.credentials import Membership, verify_membership
+
+from .config import Settings
+from .tables import NodeState, SeenNonce
+
+Clock = Callable[[], datetime]
+REVOCATIONS_TYPE = "trustspace.revocations"
+MEMBERSHIP_STATE = "membership"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class DatabaseNonceStore:
+    """Replay protection that survives a restart: a (key id, nonce) pair is accepted once while
+    its request could still be fresh. Implements httpsig.NonceStore."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+        self._last_prune = 0.0
+
+    def remember(self, key_id: str, nonce: str, expires_at: datetime) -> bool:
+        now = self._clock()
+        insert = pg_insert if self._db.engine.dialect.name == "postgresql" else sqlite_insert
+        stmt = insert(SeenNonce).values(key_id=key_id, nonce=nonce, expires_at=expires_at)
+        stmt = stmt.on_conflict_do_nothing(index_elements=["key_id", "nonce"])
+        with self._db.transaction() as session:
+            if time.monotonic() - self._last_prune > 60:
+                session.execute(delete(SeenNonce).where(SeenNonce.expires_at < now))
+                self._last_prune = time.monotonic()
+            result = session.execute(stmt)
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+@dataclass
+class RevocationCache:
+    """The authority's signed list of revoked credential ids, refetched when older than ttl."""
+
+    authority_url: str | None
+    authority_key: SM2PublicKey
+    ttl: float
+    timeout: float
+    revoked: frozenset[str] = frozenset()
+    fetched: float = -1.0
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def refresh_if_stale(self) -> None:
+        if self.authority_url is None or time.monotonic() - self.fetched < self.ttl \
+                and self.fetched >= 0:
+            return
+        async with self._lock:
+            if self.fetched >= 0 and time.monotonic() - self.fetched < self.ttl:
+                return
+            async with httpx.AsyncClient(timeout=self.timeout) as client:
+                response = await client.get(f"{self.authority_url}/registry/revocations")
+            response.raise_for_status()
+            doc = verify_document(response.content, [self.authority_key],
+                                  expected_type=REVOCATIONS_TYPE)
+            self.revoked = frozenset(doc.body["revoked"])
+            self.fetched = time.monotonic()
+
+
+class Node:
+    def __init__(self, settings: Settings, *, key_password: bytes | None = None,
+                 clock: Clock = utc_now) -> None:
+        self.settings = settings
+        if key_password is None and settings.key_password_env:
+            value = os.environ.get(settings.key_password_env)
+            if not value:
+                raise RuntimeError(f"the node key is protected: set {settings.key_password_env}")
+            key_password = value.encode()
+        self.key = SM2PrivateKey.from_pem(settings.path(settings.key_file).read_bytes(),
+                                          key_password)
+        self.authority_key = SM2PublicKey.from_pem(
+            settings.path(settings.authority_key_file).read_bytes())
+        self.clock = clock
+        self.db = Database(settings.db_url)
+        self.nonces = DatabaseNonceStore(self.db, clock)
+        self.revocations = RevocationCache(settings.authority_url, self.authority_key,
+                                           settings.revocation_ttl_seconds,
+                                           settings.http_timeout_seconds)
+        self.max_skew = timedelta(seconds=settings.clock_skew_seconds)
+
+    @property
+    def is_authority(self) -> bool:
+        return self.settings.kind == "authority"
+
+    def state(self, key: str) -> dict[str, Any] | None:
+        with self.db.read() as session:
+            row = session.get(NodeState, key)
+            return None if row is None else row.value
+
+    def set_state(self, key: str, value: dict[str, Any]) -> None:
+        with self.db.transaction() as session:
+            session.merge(NodeState(key=key, value=value, updated_at=self.clock()))
+
+    def membership(self) -> Membership | None:
+        """This node's own membership credential, if it has one."""
+        doc = self.state(MEMBERSHIP_STATE)
+        if doc is None:
+            return None
+        return verify_membership(doc, self.authority_key, now=self.clock())
+
+    def is_revoked(self, credential_id: str) -> bool:
+        if self.is_authority:
+            from trustspace.registry.tables import Member
+
+            with self.db.read() as session:
+                status = session.scalar(select(Member.status).where(
+                    Member.credential_id == credential_id))
+            return status == "revoked"
+        return credential_id in self.revocations.revoked

@@ -1,0 +1,34 @@
+"""Tables of the node itself, and the one import that registers every table with the metadata
+(Alembic's env.py imports this module)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+import trustspace.registry.tables  # noqa: F401 - registers the registry's tables
+from trustspace.db import Base, UTCDateTime
+
+
+class NodeState(Base):
+    """Small named values the node keeps: its own membership credential, crawl marks."""
+
+    __tablename__ = "node_state"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SeenNonce(Base):
+    """Request nonces seen within the clock-skew window, so a replayed request is refused even
+    after a restart."""
+
+    __tablename__ = "seen_nonces"
+
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(100), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
