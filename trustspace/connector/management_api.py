@@ -53,6 +53,7 @@ def node_info(node: Operator) -> dict[str, Any]:
         info["roles"] = sorted(membership.roles)
         info["membership"] = {"status": "member", "credentialId": membership.credential_id,
                               "validUntil": iso(membership.valid_until)}
+        info["credential"] = membership.document.to_json()
     return info
 
 

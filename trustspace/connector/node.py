@@ -45,13 +45,14 @@ class DatabaseNonceStore:
         now = self._clock()
         insert = pg_insert if self._db.engine.dialect.name == "postgresql" else sqlite_insert
         stmt = insert(SeenNonce).values(key_id=key_id, nonce=nonce, expires_at=expires_at)
-        stmt = stmt.on_conflict_do_nothing(index_elements=["key_id", "nonce"])
+        # RETURNING, not rowcount: psycopg reports a row for ON CONFLICT DO NOTHING here.
+        stmt = stmt.on_conflict_do_nothing(index_elements=["key_id", "nonce"]).returning(
+            SeenNonce.nonce)
         with self._db.transaction() as session:
             if time.monotonic() - self._last_prune > 60:
                 session.execute(delete(SeenNonce).where(SeenNonce.expires_at < now))
                 self._last_prune = time.monotonic()
-            result = session.execute(stmt)
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            return session.execute(stmt).first() is not None
 
 
 @dataclass

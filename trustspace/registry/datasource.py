@@ -24,7 +24,9 @@ datetime   timestamp (any unit, with or without zone)     DateTime, TIMESTAMP
 =========  =============================================  ====================================
 
 CSV has no types: its header must list the declared names, in order, and every record must have
-as many fields as the header.
+as many fields as the header (values are not parsed; a field may hold up to 128 KiB, the limit
+of Python's csv module). A Parquet file is checked through its footer (schema, row count); its
+pages are not decoded.
 
 Digests
 -------
@@ -94,6 +96,7 @@ __all__ = [
     "Source",
     "SourceError",
     "SourceInfo",
+    "SOURCE_KINDS",
     "SqlSource",
     "scan_source",
 ]

@@ -129,6 +129,7 @@ _SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 _PCHAR = r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})"
 _URN = re.compile(rf"urn:[a-z0-9][a-z0-9-]{{0,30}}[a-z0-9]:{_PCHAR}(?:{_PCHAR}|/)*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-]\d{2}:\d{2})?")
 _MAX_SAFE_INTEGER = 2**53 - 1
@@ -386,8 +387,11 @@ def _pointer(path: tuple[int | str, ...]) -> str:
 
 def _not_json(value: object, path: tuple[int | str, ...]) -> tuple[tuple[int | str, ...],
                                                                    str] | None:
-    """The first place where `value` is not a JSON value (what json.loads returns), or None."""
-    if value is None or isinstance(value, str | bool | int):
+    """The first place where `value` is not a JSON value (what json.loads returns), or None.
+    Strings must be Unicode text (no lone surrogates, RFC 7493 §2.1)."""
+    if isinstance(value, str):
+        return (path, "a string holds a lone surrogate") if _SURROGATE.search(value) else None
+    if value is None or isinstance(value, bool | int):
         return None
     if isinstance(value, float):
         return None if math.isfinite(value) else (path, "a JSON number must be finite")
@@ -401,6 +405,8 @@ def _not_json(value: object, path: tuple[int | str, ...]) -> tuple[tuple[int | s
         for key, item in value.items():
             if not isinstance(key, str):
                 return path, f"a JSON object's keys are strings, not {type(key).__name__}"
+            if _SURROGATE.search(key):
+                return path, "a key holds a lone surrogate"
             found = _not_json(item, (*path, key))
             if found:
                 return found

@@ -1,0 +1,76 @@
+"""The storage layer, as one suite run against SQLite and PostgreSQL: migrations, times, the
+replay-protection store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+import trustspace.connector.tables  # noqa: F401 - registers every table
+from tests.nodes import PostgresDatabases
+from trustspace.connector.node import DatabaseNonceStore
+from trustspace.connector.tables import NodeState
+from trustspace.db import Base, Database
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    pg = PostgresDatabases()
+    url = pg.create() if request.param == "postgresql" else f"sqlite:///{tmp_path / 'n.db'}"
+    database = Database(url)
+    try:
+        database.migrate()
+        yield database
+    finally:
+        database.dispose()
+        pg.drop_all()
+
+
+def test_migrations_build_exactly_the_models_and_are_idempotent(db: Database) -> None:
+    db.migrate()  # a second run changes nothing
+    with db.engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert diff == []
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'w.db'}")
+    with database.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    database.dispose()
+
+
+def test_times_come_back_aware_and_in_utc(db: Database) -> None:
+    t = datetime(2026, 11, 26, 20, 0, tzinfo=timezone(timedelta(hours=8)))
+    with db.transaction() as session:
+        session.add(NodeState(key="k", value={"a": 1}, updated_at=t))
+    with db.read() as session:
+        row = session.get(NodeState, "k")
+        assert row is not None and row.updated_at == t and row.updated_at.tzinfo == UTC
+    with pytest.raises(Exception, match="naive"), db.transaction() as session:
+        session.add(NodeState(key="n", value={}, updated_at=datetime(2026, 1, 1)))
+
+
+def test_a_transaction_that_fails_leaves_nothing(db: Database) -> None:
+    with pytest.raises(RuntimeError), db.transaction() as session:
+        session.add(NodeState(key="half", value={}, updated_at=datetime.now(UTC)))
+        session.flush()
+        raise RuntimeError("crash in the middle")
+    with db.read() as session:
+        assert session.get(NodeState, "half") is None
+
+
+def test_nonce_store_accepts_a_nonce_once(db: Database) -> None:
+    now = datetime.now(UTC)
+    store = DatabaseNonceStore(db, lambda: now)
+    later = now + timedelta(minutes=5)
+    assert store.remember("key-a", "n1", later) is True
+    assert store.remember("key-a", "n1", later) is False  # replay
+    assert store.remember("key-b", "n1", later) is True  # another signer's nonce
+    assert store.remember("key-a", "n2", later) is True
