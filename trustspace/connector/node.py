@@ -44,10 +44,10 @@ class DatabaseNonceStore:
     def remember(self, key_id: str, nonce: str, expires_at: datetime) -> bool:
         now = self._clock()
         insert = pg_insert if self._db.engine.dialect.name == "postgresql" else sqlite_insert
-        stmt = insert(SeenNonce).values(key_id=key_id, nonce=nonce, expires_at=expires_at)
         # RETURNING, not rowcount: psycopg reports a row for ON CONFLICT DO NOTHING here.
-        stmt = stmt.on_conflict_do_nothing(index_elements=["key_id", "nonce"]).returning(
-            SeenNonce.nonce)
+        stmt = insert(SeenNonce).values(
+            key_id=key_id, nonce=nonce, expires_at=expires_at,
+        ).on_conflict_do_nothing(index_elements=["key_id", "nonce"]).returning(SeenNonce.nonce)
         with self._db.transaction() as session:
             if time.monotonic() - self._last_prune > 60:
                 session.execute(delete(SeenNonce).where(SeenNonce.expires_at < now))
