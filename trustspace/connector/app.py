@@ -15,11 +15,16 @@ from trustspace import __version__
 from trustspace.registry import dsp
 from trustspace.registry.credentials import issue_membership
 
-from . import audit_api, catalog_api, management_api, products_api, registry_api
+from .audit_api import router as audit_router
+from .catalog_api import router as catalog_router
 from .config import Settings
 from .crawler import crawl_forever
 from .errors import BodyLimit, install_error_handlers
+from .management_api import authority_id
+from .management_api import router as management_router
 from .node import MEMBERSHIP_STATE, Clock, Node, utc_now
+from .products_api import router as products_router
+from .registry_api import router as registry_router
 
 
 def _ensure_authority_credential(node: Node) -> None:
@@ -29,8 +34,8 @@ def _ensure_authority_credential(node: Node) -> None:
         return
     now = node.clock()
     doc = issue_membership(
-        node.key, management_api.authority_id(node),
-        participant_id=management_api.authority_id(node), name=node.settings.name,
+        node.key, authority_id(node),
+        participant_id=authority_id(node), name=node.settings.name,
         roles=["authority"], public_key=node.key.public_key,
         endpoint_url=node.settings.public_url, valid_from=now - timedelta(minutes=5),
         valid_until=now + timedelta(days=node.settings.membership_days))
@@ -74,11 +79,11 @@ def create_app(settings: Settings, *, key_password: bytes | None = None,
         """The JSON-LD context of trustspace's DSP extension terms (ts:)."""
         return dict(dsp.TS_CONTEXT_DOCUMENT)
 
-    app.include_router(catalog_api.router)
-    app.include_router(registry_api.router)
-    app.include_router(management_api.router)
-    app.include_router(products_api.router)
-    app.include_router(audit_api.router)
+    app.include_router(catalog_router)
+    app.include_router(registry_router)
+    app.include_router(management_router)
+    app.include_router(products_router)
+    app.include_router(audit_router)
     return app
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from trustspace.registry import dsp
 from trustspace.registry.authority import IndexedDataset, RegistryError, index_catalog
+from trustspace.registry.classification import Level
 from trustspace.registry.tables import Member
 
 from .client import NodeClient, RemoteError
@@ -40,7 +41,7 @@ async def crawl_member(node: Node, participant_id: str) -> int:
         raise ApiError(502, "crawl-failed", f"{endpoint} claims to be {parsed.participant_id}")
     entries = []
     for view in parsed.all_datasets():
-        if view.level is dsp.Level.CORE:  # never offered, whatever a provider serves
+        if view.level is Level.CORE:  # never offered, whatever a provider serves
             continue
         node_json = dsp.dataset(view, view.access_service or "service")
         entries.append(IndexedDataset(

@@ -67,6 +67,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
+from .classification import ComputeMode, Level
+
 DSP_CONTEXT: Final = "https://w3id.org/dspace/2025/1/context.jsonld"
 DSP_VERSION: Final = "2025-1"
 
@@ -97,22 +99,6 @@ _OPERATORS = frozenset({
 })
 _LOGICAL = ("and", "andSequence", "or", "xone")
 _ATOMIC = ("leftOperand", "operator", "rightOperand")
-
-
-class Level(StrEnum):
-    """Data classification (一般 / 重要 / 核心数据, PRC Data Security Law art. 21)."""
-
-    GENERAL = "general"
-    IMPORTANT = "important"
-    CORE = "core"
-
-
-class ComputeMode(StrEnum):
-    """How a consumer may compute on the data without receiving it."""
-
-    SANDBOX = "sandbox"
-    FEDERATED = "federated"
-    HOMOMORPHIC = "homomorphic"
 
 
 class ErrorCode(StrEnum):
