@@ -67,18 +67,29 @@ class RevocationCache:
     fetched: float = -1.0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    # While the authority is unreachable, a list this old is still used; older, requests are
+    # refused (fail closed) rather than trusting credentials that may have been revoked.
+    max_stale: float = 300.0
+
+    def _fresh(self, limit: float) -> bool:
+        return self.fetched >= 0 and time.monotonic() - self.fetched < limit
+
     async def refresh_if_stale(self) -> None:
-        if self.authority_url is None or time.monotonic() - self.fetched < self.ttl \
-                and self.fetched >= 0:
+        if self.authority_url is None or self._fresh(self.ttl):
             return
         async with self._lock:
-            if self.fetched >= 0 and time.monotonic() - self.fetched < self.ttl:
+            if self._fresh(self.ttl):
                 return
-            async with httpx.AsyncClient(timeout=self.timeout) as client:
-                response = await client.get(f"{self.authority_url}/registry/revocations")
-            response.raise_for_status()
-            doc = verify_document(response.content, [self.authority_key],
-                                  expected_type=REVOCATIONS_TYPE)
+            try:
+                async with httpx.AsyncClient(timeout=self.timeout) as client:
+                    response = await client.get(f"{self.authority_url}/registry/revocations")
+                response.raise_for_status()
+                doc = verify_document(response.content, [self.authority_key],
+                                      expected_type=REVOCATIONS_TYPE)
+            except Exception:
+                if self._fresh(max(self.max_stale, self.ttl)):
+                    return  # keep serving on the last list for a bounded time
+                raise
             self.revoked = frozenset(doc.body["revoked"])
             self.fetched = time.monotonic()
 
