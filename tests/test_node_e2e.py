@@ -93,6 +93,23 @@ def test_consumer_reads_the_providers_dsp_catalog(space: DataSpace) -> None:
     assert cert.provider_id == "urn:trustspace:participant:hospital-a"
 
 
+def test_consumer_verifies_the_registration_through_the_cli(space: DataSpace) -> None:
+    provider, consumer = space.members["hospital-a"], space.members["research-b"]
+    result = consumer.cli("catalog", "verify", provider.url, "bp-stats")
+    assert result.returncode == 0, result.stderr
+    checked = json.loads(result.stdout)
+    assert all(checked["checks"].values()) and checked["provider"].endswith("hospital-a")
+    missing = consumer.cli("catalog", "verify", provider.url, "nope")
+    assert missing.returncode == 2 and "unknown-dataset" in missing.stderr
+
+
+def test_version_document_validates(space: DataSpace) -> None:
+    from tests.dsp_schemas import validator
+
+    answer = httpx.get(f"{space.members['hospital-a'].url}/.well-known/dspace-version")
+    validator("common/protocol-version-schema.json").validate(answer.json())
+
+
 def test_dataset_endpoint_and_spec_example_request(space: DataSpace) -> None:
     from tests.dsp_schemas import example, validator
 

@@ -209,6 +209,12 @@ def catalog_fetch(home: Home, url: str) -> None:
     show(call(home, "POST", "/api/catalog/remote", {"url": url}))
 
 
+@catalog_app.command("verify")
+def catalog_verify(home: Home, url: str, dataset: str) -> None:
+    """Check a provider's dataset against its registration certificate at the authority."""
+    show(call(home, "POST", "/api/catalog/verify", {"url": url, "dataset": dataset}))
+
+
 @catalog_app.command("crawl")
 def catalog_crawl(home: Home) -> None:
     """(Authority) crawl every provider's catalog now."""

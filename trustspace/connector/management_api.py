@@ -4,13 +4,19 @@ crawl on the authority; enrolment, products, catalog search and demands on parti
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Body, Depends, Query
 from sqlalchemy import select
 
 from trustspace.registry import authority as registry
 from trustspace.registry import dsp
-from trustspace.registry.credentials import CredentialInvalid, iso, verify_membership
+from trustspace.registry.credentials import (
+    CredentialInvalid,
+    iso,
+    verify_membership,
+    verify_registration,
+)
 from trustspace.registry.tables import Member
 
 from .auth import operator
@@ -198,6 +204,48 @@ async def remote_catalog(node: Operator, url: Annotated[str, Body(embed=True)]
     except dsp.DspError as exc:
         raise ApiError(502, "bad-catalog", str(exc)) from None
     return dict(answer)
+
+
+@router.post("/catalog/verify")
+async def verify_dataset(node: Operator, url: Annotated[str, Body(embed=True)],
+                         dataset: Annotated[str, Body(embed=True)]) -> dict[str, Any]:
+    """Check a provider's dataset against the authority's registration certificate: signed by
+    the trust anchor, for this provider, product and data digest."""
+    authority_url = _participant(node)
+    async with NodeClient(node) as client:
+        try:
+            shown = await client.get(f"{url.rstrip('/')}/catalog/datasets/{dataset}")
+        except RemoteError as exc:
+            raise remote_error(exc) from None
+        try:
+            view = dsp.parse_dataset(shown)
+        except dsp.DspError as exc:
+            raise ApiError(502, "bad-catalog", str(exc)) from None
+        if not (view.provider and view.registration and view.data_digest):
+            raise ApiError(409, "unregistered", "the dataset names no registration")
+        params = {"provider": view.provider, "product": view.id, "digest": view.data_digest}
+        try:
+            cert = await client.request(
+                "GET", f"{authority_url}/registry/registrations?{urlencode(params)}")
+        except RemoteError as exc:
+            raise remote_error(exc) from None
+    try:
+        registration = verify_registration(cert, node.authority_key)
+    except CredentialInvalid as exc:
+        raise ApiError(409, "registration-invalid", str(exc)) from None
+    checks = {
+        "signedByAuthority": True,
+        "registrationDigestMatches": registration.digest == view.registration,
+        "dataDigestMatches": registration.data_digest == view.data_digest,
+        "providerMatches": registration.provider_id == view.provider,
+        "levelMatches": view.level is not None and registration.level == view.level.value,
+    }
+    if not all(checks.values()):
+        failed = [k for k, ok in checks.items() if not ok]
+        raise ApiError(409, "registration-mismatch", ", ".join(failed))
+    return {"dataset": view.id, "provider": view.provider, "version": registration.version,
+            "dataDigest": registration.data_digest, "registration": registration.digest,
+            "registeredAt": iso(registration.registered_at), "checks": checks}
 
 
 @router.post("/demands", status_code=201)

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from trustspace.crypto import SignedDocument, SM2PublicKey
 from trustspace.registry import authority as registry
 from trustspace.registry.credentials import iso
-from trustspace.registry.tables import Member
+from trustspace.registry.tables import Member, Registration
 
 from .auth import Caller, member, node_of, verify_signed
 from .crawler import crawl_member
@@ -95,6 +95,21 @@ def register(request: Request,
     with node.db.transaction() as session:
         return registry.register_product(session, caller.membership, _json(caller.body),
                                          node.key, _authority_id(node), node.clock())
+
+
+@router.get("/registrations")
+def registration(request: Request, caller: Annotated[Caller, Depends(member())],
+                 provider: str, product: str, digest: str) -> dict[str, Any]:
+    """The registration certificate of a product's data (the newest version registered with
+    that data digest), for any member to verify."""
+    node = _authority(request)
+    with node.db.read() as session:
+        row = session.scalar(select(Registration).where(
+            Registration.provider_id == provider, Registration.product_id == product,
+            Registration.data_digest == digest).order_by(Registration.version.desc()).limit(1))
+    if row is None:
+        raise ApiError(404, "unknown-registration", f"{provider} {product} {digest}")
+    return row.certificate
 
 
 @router.post("/catalog/search")
