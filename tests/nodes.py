@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from trustspace.connector.localspace import (
+    LOCAL_ENV,
     LocalDataSpace,
     LocalNode,
     free_port,
@@ -20,9 +21,10 @@ from trustspace.connector.localspace import (
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 NodeProcess = LocalNode
+NODE_ENV = LOCAL_ENV
 cli = run_cli
-__all__ = ["DataSpace", "NodeProcess", "PostgresDatabases", "cli", "dataspace", "free_port",
-           "product_spec"]
+__all__ = ["NODE_ENV", "DataSpace", "NodeProcess", "PostgresDatabases", "cli", "dataspace",
+           "free_port", "product_spec"]
 
 
 class PostgresDatabases:
