@@ -22,7 +22,10 @@ from .crawler import crawl_forever
 from .errors import BodyLimit, install_error_handlers
 from .management_api import authority_id
 from .management_api import router as management_router
+from .negotiation_api import manage as negotiation_manage_router
+from .negotiation_api import router as negotiation_router
 from .node import MEMBERSHIP_STATE, Clock, Node, utc_now
+from .outbox import OutboxSender
 from .products_api import router as products_router
 from .registry_api import router as registry_router
 
@@ -45,6 +48,7 @@ def _ensure_authority_credential(node: Node) -> None:
 def create_app(settings: Settings, *, key_password: bytes | None = None,
                clock: Clock = utc_now) -> FastAPI:
     node = Node(settings, key_password=key_password, clock=clock)
+    node.outbox = OutboxSender(node)
     node.db.migrate()
     if node.is_authority:
         _ensure_authority_credential(node)
@@ -54,7 +58,9 @@ def create_app(settings: Settings, *, key_password: bytes | None = None,
         task = None
         if node.is_authority and settings.crawl_interval_seconds > 0:
             task = asyncio.create_task(crawl_forever(node, settings.crawl_interval_seconds))
+        node.outbox.start()
         yield
+        await node.outbox.stop()
         if task is not None:
             task.cancel()
             with suppress(asyncio.CancelledError):
@@ -83,6 +89,8 @@ def create_app(settings: Settings, *, key_password: bytes | None = None,
     app.include_router(registry_router)
     app.include_router(management_router)
     app.include_router(products_router)
+    app.include_router(negotiation_router)
+    app.include_router(negotiation_manage_router)
     app.include_router(audit_router)
     return app
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from sqlalchemy import delete, select
@@ -94,6 +94,25 @@ class RevocationCache:
             self.fetched = time.monotonic()
 
 
+class OutboxLike(Protocol):
+    def kick(self) -> None: ...
+    def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+class _NoOutbox:
+    """Until the app wires the real sender in."""
+
+    def kick(self) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+
 class Node:
     def __init__(self, settings: Settings, *, key_password: bytes | None = None,
                  clock: Clock = utc_now) -> None:
@@ -114,6 +133,7 @@ class Node:
                                            settings.revocation_ttl_seconds,
                                            settings.http_timeout_seconds)
         self.max_skew = timedelta(seconds=settings.clock_skew_seconds)
+        self.outbox: OutboxLike = _NoOutbox()
 
     @property
     def is_authority(self) -> bool:

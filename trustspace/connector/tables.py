@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, String
 from sqlalchemy.orm import Mapped, mapped_column
 
+import trustspace.contracts.tables  # noqa: F401 - registers the negotiation tables
 import trustspace.registry.tables  # noqa: F401 - registers the registry's tables
 from trustspace.db import Base, UTCDateTime
 

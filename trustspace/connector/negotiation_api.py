@@ -1,0 +1,312 @@
+"""Contract negotiation over the Dataspace Protocol 2025-1 HTTPS binding: the provider's
+endpoints and the consumer's callbacks (every node is both), plus the operator's management
+endpoints. Each message is one transaction; the reply goes out through the outbox at once."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from trustspace.contracts import messages
+from trustspace.contracts import negotiation as engine
+from trustspace.contracts.states import Message, Role, State
+from trustspace.contracts.tables import Agreement, Negotiation
+from trustspace.registry import dsp
+from trustspace.registry.credentials import iso
+
+from .auth import Caller, member, node_of, operator
+from .catalog_api import published_views
+from .client import NodeClient, RemoteError
+from .errors import ApiError
+from .node import Node
+
+router = APIRouter(tags=["protocol: negotiation"])
+manage = APIRouter(prefix="/api", tags=["management: negotiations"])
+AnyMember = Annotated[Caller, Depends(member())]
+Operator = Annotated[Node, Depends(operator)]
+T = TypeVar("T")
+
+
+def me(node: Node) -> engine.Me:
+    membership = node.membership()
+    if membership is None:
+        raise ApiError(409, "not-a-member", "this node has no membership credential yet")
+    return engine.Me(membership.participant_id, node.key, node.settings.public_url)
+
+
+def product_terms(node: Node) -> engine.ProductLookup:
+    def lookup(dataset_id: str) -> engine.ProductTerms | None:
+        views = published_views(node, dataset_id)
+        if not views:
+            return None
+        view = views[0]
+        if view.data_digest is None:
+            return None
+        manual = any(o.get("ts:negotiation") == "manual" for o in view.offers)
+        return engine.ProductTerms(dataset_id, view.offers, view.data_digest, view.registration,
+                                   manual)
+    return lookup
+
+
+def _refusal(exc: engine.NegotiationRefused, parsed: messages.Parsed | None) -> JSONResponse:
+    provider_pid = exc.provider_pid or (parsed.provider_pid if parsed else None)
+    consumer_pid = exc.consumer_pid or (parsed.consumer_pid if parsed else None)
+    return JSONResponse(messages.error(provider_pid, consumer_pid, exc.code, [exc.detail]),
+                        status_code=exc.status)
+
+
+def _ack(neg: Negotiation) -> dict[str, Any]:
+    return messages.negotiation(neg.provider_pid, neg.consumer_pid, State(neg.state))
+
+
+async def _handle(node: Node, caller: Caller, expected: tuple[Message, ...],
+                  work: Callable[[Session, messages.Parsed], Negotiation],
+                  status: int = 200) -> JSONResponse:
+    parsed: messages.Parsed | None = None
+    try:
+        try:
+            parsed = messages.parse(json.loads(caller.body or b"null"), expected)
+        except (ValueError, messages.MessageInvalid) as exc:
+            raise engine.NegotiationRefused(400, "malformed", str(exc)) from None
+
+        def transaction() -> dict[str, Any]:
+            assert parsed is not None  # noqa: S101 - set above
+            with node.db.transaction() as session:
+                return _ack(work(session, parsed))
+
+        ack = await run_in_threadpool(transaction)
+    except engine.NegotiationRefused as exc:
+        return _refusal(exc, parsed)
+    except messages.MessageInvalid as exc:
+        return _refusal(engine.NegotiationRefused(400, "malformed", exc.detail), parsed)
+    node.outbox.kick()
+    return JSONResponse(ack, status_code=status)
+
+
+def _role_of(node: Node, pid: str) -> Role | None:
+    with node.db.read() as session:
+        neg = session.get(Negotiation, pid)
+        return Role(neg.role) if neg else None
+
+
+# ---- protocol: the provider's endpoints ------------------------------------------------------
+
+@router.post("/negotiations/request", status_code=201)
+async def initial_request(caller: Annotated[Caller, Depends(member("consumer"))],
+                          request: Request) -> JSONResponse:
+    node = node_of(request)
+    party = me(node)
+    return await _handle(node, caller, (Message.REQUEST,), lambda s, m: engine.on_request(
+        s, party, caller.membership, m, None, product_terms(node), node.clock()), status=201)
+
+
+@router.post("/negotiations/{pid}/request")
+async def counter_request(pid: str, caller: AnyMember, request: Request) -> JSONResponse:
+    node = node_of(request)
+    party = me(node)
+    return await _handle(node, caller, (Message.REQUEST,), lambda s, m: engine.on_request(
+        s, party, caller.membership, m, pid, product_terms(node), node.clock()))
+
+
+@router.post("/negotiations/{pid}/agreement/verification")
+async def verification(pid: str, caller: AnyMember, request: Request) -> JSONResponse:
+    node = node_of(request)
+    party = me(node)
+    return await _handle(node, caller, (Message.VERIFICATION,),
+                         lambda s, m: engine.on_verification(s, party, caller.membership, m,
+                                                             pid, node.clock()))
+
+
+@router.get("/negotiations/{pid}")
+def get_negotiation(pid: str, caller: AnyMember, request: Request) -> JSONResponse:
+    node = node_of(request)
+    with node.db.read() as session:
+        neg = session.get(Negotiation, pid)
+        if neg is None or neg.counterparty_id != caller.participant_id:
+            return JSONResponse(messages.error(pid, None, "unknown-negotiation",
+                                               [f"no negotiation {pid} here"]), status_code=404)
+        return JSONResponse(_ack(neg))
+
+
+# ---- protocol: the consumer's callbacks --------------------------------------------------------
+
+@router.post("/negotiations/offers", status_code=201)
+async def initial_offer(caller: AnyMember, request: Request) -> JSONResponse:
+    node = node_of(request)
+    return await _handle(node, caller, (Message.OFFER,), lambda s, m: engine.on_offer(
+        s, caller.membership, m, None, node.clock()), status=201)
+
+
+@router.post("/negotiations/{pid}/offers")
+async def counter_offer(pid: str, caller: AnyMember, request: Request) -> JSONResponse:
+    node = node_of(request)
+    return await _handle(node, caller, (Message.OFFER,), lambda s, m: engine.on_offer(
+        s, caller.membership, m, pid, node.clock()))
+
+
+@router.post("/negotiations/{pid}/agreement")
+async def agreement(pid: str, caller: AnyMember, request: Request) -> JSONResponse:
+    node = node_of(request)
+    party = me(node)
+    return await _handle(node, caller, (Message.AGREEMENT,), lambda s, m: engine.on_agreement(
+        s, party, caller.membership, m, pid, node.clock()))
+
+
+# ---- protocol: both sides ---------------------------------------------------------------------
+
+@router.post("/negotiations/{pid}/events")
+async def events(pid: str, caller: AnyMember, request: Request) -> JSONResponse:
+    """ACCEPTED (consumer to provider) or FINALIZED (provider to consumer)."""
+    node = node_of(request)
+    role = _role_of(node, pid)
+    if role is Role.PROVIDER:
+        party = me(node)
+        return await _handle(node, caller, (Message.ACCEPTED,), lambda s, m: engine.on_accepted(
+            s, party, caller.membership, m, pid, product_terms(node), node.clock()))
+    return await _handle(node, caller, (Message.FINALIZED,), lambda s, m: engine.on_finalized(
+        s, caller.membership, m, pid, node.clock()))
+
+
+@router.post("/negotiations/{pid}/termination")
+async def termination(pid: str, caller: AnyMember, request: Request) -> JSONResponse:
+    node = node_of(request)
+    role = _role_of(node, pid) or Role.PROVIDER
+    return await _handle(node, caller, (Message.TERMINATION,),
+                         lambda s, m: engine.on_termination(s, role, caller.membership, m, pid,
+                                                            node.clock()))
+
+
+# ---- management --------------------------------------------------------------------------------
+
+def _summary(neg: Negotiation) -> dict[str, Any]:
+    return {"pid": neg.pid, "role": neg.role, "state": neg.state,
+            "providerPid": neg.provider_pid, "consumerPid": neg.consumer_pid,
+            "counterparty": neg.counterparty_id, "dataset": neg.dataset_id,
+            "offer": neg.offer, "agreementId": neg.agreement_id, "manual": neg.manual,
+            "termination": neg.termination, "updatedAt": iso(neg.updated_at)}
+
+
+async def _act(node: Node, work: Callable[[Session], Negotiation]) -> dict[str, Any]:
+    def transaction() -> dict[str, Any]:
+        with node.db.transaction() as session:
+            return _summary(work(session))
+
+    try:
+        result = await run_in_threadpool(transaction)
+    except engine.NegotiationRefused as exc:
+        raise ApiError(exc.status, exc.code, exc.detail) from None
+    node.outbox.kick()
+    return result
+
+
+@manage.post("/negotiations", status_code=201)
+async def start(node: Operator, provider_url: Annotated[str, Body(embed=True)],
+                dataset: Annotated[str, Body(embed=True)],
+                offer: Annotated[str | None, Body(embed=True)] = None) -> dict[str, Any]:
+    """Negotiate `offer` (an offer @id; the only one when omitted) for `dataset` at a
+    provider: reads the provider's dataset, then sends the request."""
+    party = me(node)
+    url = provider_url.rstrip("/")
+    async with NodeClient(node) as client:
+        try:
+            shown = await client.get(f"{url}/catalog/datasets/{dataset}")
+        except RemoteError as exc:
+            status = exc.status if exc.status in (400, 401, 403, 404) else 502
+            raise ApiError(status, exc.reason, exc.detail) from None
+    try:
+        view = dsp.parse_dataset(shown)
+    except dsp.DspError as exc:
+        raise ApiError(502, "bad-catalog", str(exc)) from None
+    chosen = [o for o in view.offers if offer is None or o.get("@id") == offer]
+    if len(chosen) != 1:
+        ids = [o.get("@id") for o in view.offers]
+        raise ApiError(400, "unknown-offer", f"choose one of the dataset's offers: {ids}")
+    if not view.provider:
+        raise ApiError(502, "bad-catalog", "the dataset does not name its provider")
+    provider_id = view.provider
+    return await _act(node, lambda s: engine.start(
+        s, party, provider_id=provider_id, provider_url=url, dataset_id=view.id,
+        offer=chosen[0], now=node.clock()))
+
+
+@manage.get("/negotiations")
+def list_negotiations(node: Operator, state: Annotated[str | None, Query()] = None
+                      ) -> dict[str, Any]:
+    with node.db.read() as session:
+        query = select(Negotiation).order_by(Negotiation.created_at)
+        if state:
+            query = query.where(Negotiation.state == state.upper())
+        return {"negotiations": [_summary(n) for n in session.scalars(query)]}
+
+
+@manage.get("/negotiations/{pid}")
+def show_negotiation(pid: str, node: Operator) -> dict[str, Any]:
+    with node.db.read() as session:
+        neg = session.get(Negotiation, pid)
+        if neg is None:
+            raise ApiError(404, "unknown-negotiation", pid)
+        return {**_summary(neg), "agreement": neg.agreement}
+
+
+@manage.post("/negotiations/{pid}/approve")
+async def approve(pid: str, node: Operator) -> dict[str, Any]:
+    party = me(node)
+    return await _act(node, lambda s: engine.approve(s, party, pid, product_terms(node),
+                                                     node.clock()))
+
+
+@manage.post("/negotiations/{pid}/refuse")
+async def refuse(pid: str, node: Operator,
+                 reason: Annotated[str, Body(embed=True)] = "refused by the provider"
+                 ) -> dict[str, Any]:
+    party = me(node)
+    return await _act(node, lambda s: engine.terminate(s, party, pid, "refused", reason,
+                                                       node.clock()))
+
+
+@manage.post("/negotiations/{pid}/terminate")
+async def terminate(pid: str, node: Operator,
+                    reason: Annotated[str, Body(embed=True)] = "terminated by the operator"
+                    ) -> dict[str, Any]:
+    party = me(node)
+    return await _act(node, lambda s: engine.terminate(s, party, pid, "terminated", reason,
+                                                       node.clock()))
+
+
+@manage.post("/negotiations/{pid}/offer")
+async def make_counter_offer(pid: str, node: Operator,
+                             offer: Annotated[dict[str, Any], Body(embed=True)]
+                             ) -> dict[str, Any]:
+    return await _act(node, lambda s: engine.counter_offer(s, pid, offer, node.clock()))
+
+
+@manage.post("/negotiations/{pid}/accept")
+async def accept(pid: str, node: Operator) -> dict[str, Any]:
+    return await _act(node, lambda s: engine.accept(s, pid, node.clock()))
+
+
+@manage.get("/agreements")
+def list_agreements(node: Operator) -> dict[str, Any]:
+    with node.db.read() as session:
+        rows = session.scalars(select(Agreement).order_by(Agreement.created_at))
+        return {"agreements": [
+            {"agreementId": a.agreement_id, "role": a.role, "provider": a.provider_id,
+             "consumer": a.consumer_id, "dataset": a.dataset_id, "dataDigest": a.data_digest,
+             "digest": a.digest, "createdAt": iso(a.created_at)} for a in rows]}
+
+
+@manage.get("/agreements/{agreement_id:path}")
+def show_agreement(agreement_id: str, node: Operator) -> dict[str, Any]:
+    with node.db.read() as session:
+        row = session.get(Agreement, agreement_id)
+        if row is None:
+            raise ApiError(404, "unknown-agreement", agreement_id)
+        return {"agreementId": row.agreement_id, "digest": row.digest,
+                "document": row.document}
