@@ -90,6 +90,11 @@ async def _handle(node: Node, caller: Caller, expected: tuple[Message, ...],
     return JSONResponse(ack, status_code=status)
 
 
+def _unknown(pid: str) -> JSONResponse:
+    return JSONResponse(messages.error(pid, None, "unknown-negotiation",
+                                       [f"no negotiation {pid} here"]), status_code=404)
+
+
 def _role_of(node: Node, pid: str) -> Role | None:
     with node.db.read() as session:
         neg = session.get(Negotiation, pid)
@@ -130,8 +135,7 @@ def get_negotiation(pid: str, caller: AnyMember, request: Request) -> JSONRespon
     with node.db.read() as session:
         neg = session.get(Negotiation, pid)
         if neg is None or neg.counterparty_id != caller.participant_id:
-            return JSONResponse(messages.error(pid, None, "unknown-negotiation",
-                                               [f"no negotiation {pid} here"]), status_code=404)
+            return _unknown(pid)
         return JSONResponse(_ack(neg))
 
 
@@ -166,6 +170,8 @@ async def events(pid: str, caller: AnyMember, request: Request) -> JSONResponse:
     """ACCEPTED (consumer to provider) or FINALIZED (provider to consumer)."""
     node = node_of(request)
     role = _role_of(node, pid)
+    if role is None:
+        return _unknown(pid)
     if role is Role.PROVIDER:
         party = me(node)
         return await _handle(node, caller, (Message.ACCEPTED,), lambda s, m: engine.on_accepted(
@@ -177,7 +183,9 @@ async def events(pid: str, caller: AnyMember, request: Request) -> JSONResponse:
 @router.post("/negotiations/{pid}/termination")
 async def termination(pid: str, caller: AnyMember, request: Request) -> JSONResponse:
     node = node_of(request)
-    role = _role_of(node, pid) or Role.PROVIDER
+    role = _role_of(node, pid)
+    if role is None:
+        return _unknown(pid)
     return await _handle(node, caller, (Message.TERMINATION,),
                          lambda s, m: engine.on_termination(s, role, caller.membership, m, pid,
                                                             node.clock()))
