@@ -90,6 +90,18 @@ def test_automatic_acceptance_reaches_a_doubly_signed_agreement(space: DataSpace
     assert [s.role for s in doc.signatures] == ["provider", "consumer"]
 
 
+def test_the_cli_negotiates_and_shows_the_agreement(space: DataSpace) -> None:
+    provider, consumer = space.members["tax-bureau"], space.members["bank"]
+    done = consumer.cli("negotiate", provider.url, "auto-data")
+    assert done.returncode == 0, done.stderr
+    agreement_id = done.stdout.strip()
+    assert agreement_id.startswith("urn:uuid:") and "FINALIZED" in done.stderr
+    shown = json.loads(provider.cli("agreements", "show", agreement_id).stdout)
+    assert shown["document"]["body"]["consumer"] == "urn:trustspace:participant:bank"
+    missing = consumer.cli("negotiate", provider.url, "no-such-product")
+    assert missing.returncode == 2 and "unknown-dataset" in missing.stderr
+
+
 def test_manual_approval_waits_for_the_operator(space: DataSpace) -> None:
     provider, consumer = space.members["tax-bureau"], space.members["bank"]
     started = negotiate(space, "manual-data")

@@ -242,6 +242,98 @@ def demand_list(home: Home) -> None:
     show(call(home, "GET", "/api/demands"))
 
 
+negotiations_app = typer.Typer(help="Contract negotiations.", no_args_is_help=True)
+agreements_app = typer.Typer(help="Agreements signed by both parties.", no_args_is_help=True)
+
+
+def negotiate(
+    home: Home,
+    provider_url: Annotated[str, typer.Argument(help="The provider node's URL.")],
+    product: Annotated[str, typer.Argument(help="The dataset (product) id.")],
+    offer: Annotated[str | None, typer.Argument(
+        help="The offer @id (default: the dataset's only offer).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the outcome.")] = 120,
+    wait: Annotated[bool, typer.Option(help="Wait for the outcome.")] = True,
+) -> None:
+    """Negotiate a contract for a product; prints the agreement id when it is finalized."""
+    import time
+
+    body: dict[str, Any] = {"provider_url": provider_url, "dataset": product}
+    if offer:
+        body["offer"] = offer
+    started = call(home, "POST", "/api/negotiations", body)
+    pid = started["pid"]
+    typer.echo(f"negotiation {pid}: {started['state']}", err=True)
+    if not wait:
+        typer.echo(pid)
+        return
+    deadline = time.monotonic() + timeout
+    state = started["state"]
+    shown = started
+    while state not in ("FINALIZED", "TERMINATED"):
+        if time.monotonic() > deadline:
+            raise NodeCommandError(f"still {state} after {timeout:.0f} s (the provider may be "
+                                   f"waiting for its operator); pid {pid}", 1)
+        time.sleep(0.05)
+        shown = call(home, "GET", f"/api/negotiations/{pid}")
+        if shown["state"] != state:
+            state = shown["state"]
+            typer.echo(f"  → {state}", err=True)
+    if state == "TERMINATED":
+        reason = "; ".join(map(str, (shown.get("termination") or {}).get("reason") or []))
+        raise NodeCommandError(f"terminated: {reason}", 1)
+    typer.echo(shown["agreementId"])
+
+
+@negotiations_app.command("list")
+def negotiations_list(home: Home, state: Annotated[str | None, typer.Option()] = None) -> None:
+    """Negotiations on this node (as provider and as consumer)."""
+    show(call(home, "GET", "/api/negotiations", params={"state": state} if state else None))
+
+
+@negotiations_app.command("show")
+def negotiations_show(home: Home, pid: str) -> None:
+    show(call(home, "GET", f"/api/negotiations/{pid}"))
+
+
+@negotiations_app.command("approve")
+def negotiations_approve(home: Home, pid: str) -> None:
+    """(Provider) agree to a request waiting for approval."""
+    show(call(home, "POST", f"/api/negotiations/{pid}/approve"))
+
+
+@negotiations_app.command("refuse")
+def negotiations_refuse(home: Home, pid: str,
+                        reason: Annotated[str, typer.Option()] = "refused by the provider"
+                        ) -> None:
+    """(Provider) refuse a request: the negotiation is terminated."""
+    show(call(home, "POST", f"/api/negotiations/{pid}/refuse", {"reason": reason}))
+
+
+@negotiations_app.command("accept")
+def negotiations_accept(home: Home, pid: str) -> None:
+    """(Consumer) accept the provider's counter-offer."""
+    show(call(home, "POST", f"/api/negotiations/{pid}/accept"))
+
+
+@negotiations_app.command("terminate")
+def negotiations_terminate(home: Home, pid: str,
+                           reason: Annotated[str, typer.Option()] = "terminated") -> None:
+    show(call(home, "POST", f"/api/negotiations/{pid}/terminate", {"reason": reason}))
+
+
+@agreements_app.command("list")
+def agreements_list(home: Home) -> None:
+    """Finalized agreements."""
+    show(call(home, "GET", "/api/agreements"))
+
+
+@agreements_app.command("show")
+def agreements_show(home: Home, agreement_id: str) -> None:
+    """One agreement: the signed document with both signatures."""
+    show(call(home, "GET", f"/api/agreements/{agreement_id}"))
+
+
 def register(app: typer.Typer) -> None:
     app.command("init")(init)
     app.command("serve")(serve)
@@ -252,6 +344,9 @@ def register(app: typer.Typer) -> None:
     app.add_typer(product_app, name="product")
     app.add_typer(catalog_app, name="catalog")
     app.add_typer(demand_app, name="demand")
+    app.command("negotiate")(negotiate)
+    app.add_typer(negotiations_app, name="negotiations")
+    app.add_typer(agreements_app, name="agreements")
 
 
 
