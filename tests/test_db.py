@@ -74,3 +74,26 @@ def test_nonce_store_accepts_a_nonce_once(db: Database) -> None:
     assert store.remember("key-a", "n1", later) is False  # replay
     assert store.remember("key-b", "n1", later) is True  # another signer's nonce
     assert store.remember("key-a", "n2", later) is True
+
+
+def test_uses_are_consumed_atomically_under_concurrency(db: Database) -> None:
+    """Eight threads race for five uses: exactly five succeed, on either backend."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trustspace.contracts.usage import UsesExhausted, consume, uses
+
+    def attempt(_: int) -> bool:
+        try:
+            with db.transaction() as session:
+                consume(session, "urn:uuid:agreement", 5, datetime.now(UTC))
+            return True
+        except UsesExhausted:
+            return False
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(attempt, range(24)))
+    assert results.count(True) == 5
+    with db.read() as session:
+        assert uses(session, "urn:uuid:agreement") == 5
+    with db.transaction() as session:  # no limit: metering only
+        assert consume(session, "urn:uuid:other", None, datetime.now(UTC)) == 1

@@ -78,3 +78,13 @@ class Agreement(Base):
     digest: Mapped[str] = mapped_column(String(80), unique=True)  # of the signed document
     document: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AgreementUse(Base):
+    """How many uses of an agreement have been consumed (the ODRL count constraint)."""
+
+    __tablename__ = "agreement_uses"
+
+    agreement_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    used: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
