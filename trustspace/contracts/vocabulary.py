@@ -8,29 +8,32 @@ trustspace's own terms only with ``ts:`` (the namespace `TS_NAMESPACE` of
 
 Actions: ``use`` (the only action of DSP 2025-1's ODRL profile). Duty actions: ``ts:deleteResults``.
 
-Left operands (what the request is checked against; "term operators" are defined below):
+Left operands: what each is evaluated on, its right operand, its operators ("term operators"
+are defined below), and what the caller gets back when it holds:
 
-======================  ====================================  ===========================  =====================
-left operand            the value evaluated                   right operand                operators
-======================  ====================================  ===========================  =====================
-``assignee``            the requesting participant: its id    a participant id, or         term operators
-                        and its roles                         ``role:<r>`` (r one of        (``isA`` needs a
-                                                              `ROLES`)                     ``role:``)
-``purpose``             the request's purpose                 a term of the provider's     term operators
-                                                              purpose vocabulary
-``dateTime``            ``now`` (an input, never the clock)   dateTime                     eq neq lt lteq gt gteq
-``count``               uses so far + 1: the number of uses   integer >= 0                 lt lteq
-                        including the one being decided
-``ts:computeMode``      the request's compute mode            sandbox | federated |        term operators
-                                                              homomorphic                  (``isA`` is ``eq``)
-``ts:minAggregation``   the request's aggregation k, when     integer >= 1                 gteq gt
-                        known; always an output rule
-``ts:maxResultBytes``   the request's result size, when       integer >= 0                 lteq lt
-                        known; always an output rule
-``ts:codeApproval``     nothing: a flag for the caller        ``"required"``               eq
-``ts:deleteResultsBy``  ``now`` must be before the deadline;  dateTime                     eq lteq
-                        a duty for the caller
-======================  ====================================  ===========================  =====================
+=======================  ===============================  =====================  ================
+left operand             value evaluated                  right operand          operators
+=======================  ===============================  =====================  ================
+``assignee``             the requesting participant (its  a participant id, or   term operators;
+                         id, and its roles)               ``role:<r>``, r in     ``isA`` needs a
+                                                          `ROLES`                role
+``purpose``              the request's purpose            a term of the          term operators
+                                                          provider's vocabulary
+``dateTime``             ``now`` (an input, not a clock)  dateTime               eq neq lt lteq
+                                                                                 gt gteq
+``count``                uses so far + 1 (the uses        integer >= 0           lt lteq
+                         including this one); a use limit
+``ts:computeMode``       the request's compute mode       sandbox, federated,    term operators
+                                                          homomorphic            (isA is eq)
+``ts:minAggregation``    the request's aggregation k      integer >= 1           gteq gt
+                         when known; an output rule
+``ts:maxResultBytes``    the request's result size when   integer >= 0           lteq lt
+                         known; an output rule
+``ts:codeApproval``      nothing: an approval-required    ``"required"``         eq
+                         flag for the caller
+``ts:deleteResultsBy``   ``now`` must be before the       dateTime               eq lteq
+                         deadline; a duty for the caller
+=======================  ===============================  =====================  ================
 
 Value domains (a right operand is a JSON string, as contract-schema.json wants, an
 ``{"@value": ..., "@type"?: ...}`` object, or, read leniently, a JSON integer; ``{"@id": ...}`` is
@@ -77,7 +80,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Final, TypeVar
 
 from trustspace.registry.credentials import ROLES
@@ -304,11 +307,11 @@ def parse_datetime(value: object) -> datetime:
         raise LiteralInvalid(f"{raw!r} is not an RFC 3339 dateTime with a time zone offset "
                              "(YYYY-MM-DDTHH:MM[:SS[.ffffff]](Z|+HH:MM|-HH:MM))")
     year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
+    if zulu is None and (int(off_h) > 23 or int(off_m) > 59):
+        raise LiteralInvalid(f"{raw!r} has an offset out of range")
+    offset = UTC if zulu else timezone(
+        (1 if sign == "+" else -1) * timedelta(hours=int(off_h), minutes=int(off_m)))
     try:
-        offset = timezone.utc if zulu else timezone(
-            (1 if sign == "+" else -1) * timedelta(hours=int(off_h), minutes=int(off_m)))
-        if zulu is None and (int(off_h) > 23 or int(off_m) > 59):
-            raise ValueError("offset out of range")
         return datetime(int(year), int(month), int(day), int(hour), int(minute),
                         int(second or 0), int((fraction or "0").ljust(6, "0")), tzinfo=offset)
     except ValueError as exc:
