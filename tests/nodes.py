@@ -65,6 +65,15 @@ def dataspace(root: Path, backend: str) -> Iterator[LocalDataSpace]:
             pg.drop_all()
 
 
+def research_offer(modes: list[str], **extra: Any) -> dict[str, Any]:
+    """An offer for research use in the given compute modes (the classification floor wants
+    the modes constrained explicitly, and a purpose needs a declared vocabulary)."""
+    return {"ts:purposes": ["research", "credit-scoring"], **extra, "permission": [
+        {"action": "use", "constraint": [
+            {"leftOperand": "odrl:purpose", "operator": "eq", "rightOperand": "research"},
+            {"leftOperand": "ts:computeMode", "operator": "isAnyOf", "rightOperand": modes}]}]}
+
+
 def product_spec(path: Path, product_id: str = "bp-stats", **overrides: Any) -> dict[str, Any]:
     """A small general-level product over a CSV file the test writes."""
     path.write_text("age,sex,sbp\n45,F,130\n61,M,142\n38,F,118\n")
@@ -78,8 +87,7 @@ def product_spec(path: Path, product_id: str = "bp-stats", **overrides: Any) -> 
         "preview": [{"age": 50, "sex": "F", "sbp": 120}],
         "source": {"kind": "csv", "path": str(path)},
         "modes": ["sandbox", "federated"],
-        "offers": [{"permission": [{"action": "use", "constraint": [
-            {"leftOperand": "odrl:purpose", "operator": "eq", "rightOperand": "research"}]}]}],
+        "offers": [research_offer(["sandbox", "federated"])],
     }
     spec.update(overrides)
     return spec

@@ -22,9 +22,13 @@ from trustspace.crypto import SM2PrivateKey, canonical_json, verify_document
 
 pytestmark = pytest.mark.slow
 
-MANUAL_OFFER = {"@id": "manual-offer", "ts:negotiation": "manual", "permission": [
-    {"action": "use", "constraint": [
-        {"leftOperand": "odrl:purpose", "operator": "eq", "rightOperand": "credit-scoring"}]}]}
+MANUAL_OFFER = {"@id": "manual-offer", "ts:negotiation": "manual",
+                "ts:purposes": ["research", "credit-scoring"], "permission": [
+                    {"action": "use", "constraint": [
+                        {"leftOperand": "odrl:purpose", "operator": "eq",
+                         "rightOperand": "credit-scoring"},
+                        {"leftOperand": "ts:computeMode", "operator": "eq",
+                         "rightOperand": "federated"}]}]}
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -138,9 +142,14 @@ def test_counter_offer_accepted_by_the_consumer(space: DataSpace) -> None:
     provider, consumer = space.members["tax-bureau"], space.members["bank"]
     started = negotiate(space, "manual-data")
     theirs = provider_side_when(space, started["pid"])
-    counter = {"@id": "counter-1", "permission": [{"action": "use", "constraint": [
-        {"leftOperand": "odrl:purpose", "operator": "eq", "rightOperand": "credit-scoring"},
-        {"leftOperand": "odrl:count", "operator": "lteq", "rightOperand": "3"}]}]}
+    counter = {"@id": "counter-1", "ts:purposes": ["credit-scoring"], "permission": [
+        {"action": "use", "constraint": [
+            {"leftOperand": "odrl:purpose", "operator": "eq", "rightOperand": "credit-scoring"},
+            {"leftOperand": "ts:computeMode", "operator": "eq", "rightOperand": "federated"},
+            {"leftOperand": "odrl:count", "operator": "lteq", "rightOperand": "3"}]}]}
+    too_wide = {**counter, "@id": "counter-0", "permission": [{"action": "use"}]}
+    refused = provider.api("POST", f"/api/negotiations/{theirs}/offer", {"offer": too_wide})
+    assert refused.status_code == 400 and refused.json()["error"] == "policy-invalid"
     provider.ok("POST", f"/api/negotiations/{theirs}/offer", {"offer": counter})
     offered = wait_state(consumer, started["pid"], ("OFFERED",))
     assert offered["offer"]["@id"] == "counter-1"
@@ -150,7 +159,8 @@ def test_counter_offer_accepted_by_the_consumer(space: DataSpace) -> None:
     done = wait_state(consumer, started["pid"], ("FINALIZED",))
     agreement = consumer.ok("GET", f"/api/agreements/{done['agreementId']}")["document"]
     constraints = agreement["body"]["agreement"]["permission"][0]["constraint"]
-    assert [c["leftOperand"] for c in constraints] == ["odrl:purpose", "odrl:count"]
+    assert [c["leftOperand"] for c in constraints] == ["odrl:purpose", "ts:computeMode",
+                                                       "odrl:count"]
 
 
 def test_the_consumer_terminates(space: DataSpace) -> None:

@@ -257,6 +257,10 @@ def test_bad_products_are_refused_and_leave_nothing(space: DataSpace, tmp_path: 
         ({**good, "columns": [{"name": "age", "type": "integer"}], "preview": []}, 400,
          "schema-mismatch"),
         ({**good, "level": "important"}, 400, "classification-forbids"),  # sandbox mode
+        ({**good, "offers": [{"permission": [{"action": "use"}]}]}, 400, "policy-invalid"),
+        ({**good, "offers": [{"permission": [{"action": "use", "constraint": [
+            {"leftOperand": "spatial", "operator": "eq", "rightOperand": "EU"}]}]}]}, 400,
+         "policy-invalid"),
         (product_spec(tmp_path / "bp.csv"), 409, "duplicate-id"),
         ([1, 2, 3], 400, "malformed"),
     ]

@@ -175,9 +175,11 @@ class DataSpaceStory:
                         {"name": "sbp", "type": "integer"}],
             "preview": [{"age": 50, "sex": "F", "sbp": 120}],
             "source": {"kind": "csv", "path": str(data)}, "modes": ["sandbox", "federated"],
-            "offers": [{"permission": [{"action": "use", "constraint": [
-                {"leftOperand": "odrl:purpose", "operator": "eq",
-                 "rightOperand": "research"}]}]}]})
+            "offers": [{"ts:purposes": ["research"], "permission": [{
+                "action": "use", "constraint": [
+                    {"leftOperand": "odrl:purpose", "operator": "eq", "rightOperand": "research"},
+                    {"leftOperand": "ts:computeMode", "operator": "isAnyOf",
+                     "rightOperand": ["sandbox", "federated"]}]}]}]})
         _check(added["registered"] and added["dataDigest"] == "sm3:" + sm3_file(data).hex(),
                "registered with the data's SM3 digest")
         return (f"hospital-a published bp-stats v{added['version']} ({added['rows']} rows, data "

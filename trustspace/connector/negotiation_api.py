@@ -49,9 +49,11 @@ def product_terms(node: Node) -> engine.ProductLookup:
         view = views[0]
         if view.data_digest is None:
             return None
-        manual = any(o.get("ts:negotiation") == "manual" for o in view.offers)
+        manual = any(o.get(engine.NEGOTIATION_HINT) == "manual" for o in view.offers)
+        if view.level is None:
+            return None
         return engine.ProductTerms(dataset_id, view.offers, view.data_digest, view.registration,
-                                   manual)
+                                   manual, view.level, view.compute_modes)
     return lookup
 
 
@@ -292,7 +294,8 @@ async def terminate(pid: str, node: Operator,
 async def make_counter_offer(pid: str, node: Operator,
                              offer: Annotated[dict[str, Any], Body(embed=True)]
                              ) -> dict[str, Any]:
-    return await _act(node, lambda s: engine.counter_offer(s, pid, offer, node.clock()))
+    return await _act(node, lambda s: engine.counter_offer(s, pid, offer, product_terms(node),
+                                                           node.clock()))
 
 
 @manage.post("/negotiations/{pid}/accept")

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, Depends, Query
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from trustspace.contracts.negotiation import NegotiationRefused, check_policy
 from trustspace.crypto import SignedDocument
 from trustspace.registry.catalog import dataset_view
 from trustspace.registry.credentials import CredentialInvalid, iso, verify_registration
@@ -102,6 +103,11 @@ async def add_product(node: Operator, body: Annotated[Any, Body()],
         raise ApiError(409, "retired", f"product {spec.id} is retired")
     if existing is None and new_version:
         raise ApiError(404, "unknown-product", spec.id)
+    for i, offer in enumerate(spec.offers):
+        try:
+            check_policy(offer, spec.level, spec.modes)
+        except NegotiationRefused as exc:
+            raise ApiError(400, "policy-invalid", f"offers[{i}]: {exc.detail}") from None
     version = existing.current_version + 1 if existing else 1
     publish = policy.publishable
     registration = None

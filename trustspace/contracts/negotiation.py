@@ -10,7 +10,7 @@ signature and that the agreed policy is exactly the offer under negotiation.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,13 +28,16 @@ from trustspace.crypto import (
     sm3,
     verify_document,
 )
+from trustspace.registry.classification import ComputeMode, Level
 from trustspace.registry.credentials import Membership, iso
 
 from . import messages
+from .policy import PolicyInvalid, apply_floor, compile_policy
 from .states import IllegalTransition, Message, Role, State, next_state
 from .tables import Agreement, InboundMessage, Negotiation, OutboxMessage
 
 AGREEMENT_TYPE = "trustspace.agreement"
+NEGOTIATION_HINT = "ts:negotiation"
 
 
 class NegotiationRefused(Exception):
@@ -66,6 +69,8 @@ class ProductTerms:
     data_digest: str
     registration: str | None
     manual: bool  # the operator approves each request
+    level: Level
+    modes: tuple[ComputeMode, ...]
 
 
 ProductLookup = Callable[[str], ProductTerms | None]
@@ -77,8 +82,22 @@ def _digest(obj: Mapping[str, Any]) -> str:
 
 def _policy(offer: Mapping[str, Any]) -> dict[str, Any]:
     """The policy content of an offer, without its @type and target (so the catalog form and
-    the negotiation form of one offer compare equal)."""
-    return {k: v for k, v in offer.items() if k not in ("@type", "target")}
+    the negotiation form of one offer compare equal) and without the provider's negotiation
+    hint (``ts:negotiation``: manual or automatic), which grants nothing."""
+    return {k: v for k, v in offer.items() if k not in ("@type", "target", NEGOTIATION_HINT)}
+
+
+def check_policy(offer: Mapping[str, Any], level: Level,
+                 modes: Collection[ComputeMode]) -> None:
+    """Refuse an offer the policy engine cannot read, or one granting more than the product's
+    classification level and modes allow (the floor)."""
+    policy = _policy(offer)
+    try:
+        compile_policy(policy)
+        apply_floor(policy, level, modes)
+    except PolicyInvalid as exc:
+        where = f" at {exc.path}" if exc.path else ""
+        raise NegotiationRefused(400, "policy-invalid", f"{exc.reason}{where}") from None
 
 
 def _rules(policy: Mapping[str, Any]) -> dict[str, Any]:
@@ -198,6 +217,7 @@ def _agree(session: Session, me: Me, neg: Negotiation, terms: ProductTerms | Non
     if terms is None:
         raise NegotiationRefused(409, "dataset-withdrawn",
                                  f"{neg.dataset_id} is no longer offered", neg)
+    check_policy(neg.offer, terms.level, terms.modes)  # a counter-request may ask for more
     _move(neg, Message.AGREEMENT, Role.PROVIDER, now)
     agreement_id = f"urn:uuid:{uuid.uuid4()}"
     odrl = {**_policy(neg.offer), "@id": agreement_id, "@type": "Agreement",
@@ -224,12 +244,17 @@ def approve(session: Session, me: Me, pid: str, products: ProductLookup,
 
 
 def counter_offer(session: Session, pid: str, offer: Mapping[str, Any],
-                  now: datetime) -> Negotiation:
+                  products: ProductLookup, now: datetime) -> Negotiation:
     """The provider's operator answers a request with another offer."""
     neg = _local(session, pid, Role.PROVIDER)
     _move(neg, Message.OFFER, Role.PROVIDER, now)
     if not isinstance(offer.get("@id"), str):
         raise NegotiationRefused(400, "malformed", "an offer needs an @id", neg)
+    terms = products(neg.dataset_id)
+    if terms is None:
+        raise NegotiationRefused(409, "dataset-withdrawn",
+                                 f"{neg.dataset_id} is no longer offered", neg)
+    check_policy(offer, terms.level, terms.modes)
     neg.offer = {**_policy(offer), "target": neg.dataset_id}
     assert neg.provider_pid  # noqa: S101 - a provider's negotiation always has its pid
     _send(session, neg, f"/negotiations/{neg.consumer_pid}/offers",
