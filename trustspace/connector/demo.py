@@ -202,6 +202,23 @@ class DataSpaceStory:
                 f"registration certificate {checked['registration'][4:16]}… verified against "
                 "the trust anchor, data digest matches")
 
+    def negotiate(self) -> str:
+        consumer = self.space.members["research-institute"]
+        hospital = self.space.members["hospital-a"]
+        started = time.perf_counter()
+        done = consumer.cli("negotiate", hospital.url, "bp-stats")
+        _check(done.returncode == 0, f"negotiation: {done.stderr}")
+        agreement_id = done.stdout.strip()
+        shown = hospital.ok("GET", f"/api/agreements/{agreement_id}")
+        theirs = consumer.ok("GET", f"/api/agreements/{agreement_id}")
+        roles = [s["role"] for s in shown["document"]["signatures"]]
+        _check(roles == ["provider", "consumer"], "signed by both")
+        _check(shown["digest"] == theirs["digest"], "the same agreement on both nodes")
+        elapsed = time.perf_counter() - started
+        return (f"agreement {agreement_id[9:17]}… (DSP contract negotiation, {elapsed:.1f} s "
+                f"including the CLI) signed by {' and '.join(roles)}, digest "
+                f"{shown['digest'][4:16]}… identical on both nodes")
+
     def refusals(self) -> str:
         hospital = self.space.members["hospital-a"]
         request = {"@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
@@ -234,7 +251,8 @@ class DataSpaceStory:
     def steps(self) -> list[tuple[str, Callable[[], str]]]:
         return [("members enrolled", self.members), ("product published", self.publish),
                 ("federated search", self.search), ("catalog verified", self.verify),
-                ("refusals", self.refusals), ("regulator", self.regulator)]
+                ("contract negotiated", self.negotiate), ("refusals", self.refusals),
+                ("regulator", self.regulator)]
 
 
 STEPS = CRYPTO_STEPS  # kept for callers that list the crypto checks
