@@ -19,7 +19,12 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from trustspace.crypto import SM2PublicKey, sm3
-from trustspace.registry.credentials import CredentialInvalid, Membership, verify_membership
+from trustspace.registry.credentials import (
+    CredentialInvalid,
+    Membership,
+    check_standing,
+    verify_membership,
+)
 
 from .errors import ApiError
 from .httpsig import (
@@ -98,6 +103,28 @@ async def verify_signed(request: Request, resolve: Callable[[str], SM2PublicKey 
     return body
 
 
+_CREDENTIAL_CACHE_SIZE = 1024
+
+
+def _credential(node: Node, header: str, roles: tuple[str, ...]) -> Membership:
+    """Verify a credential header, remembering ones verified before: the signature and shape
+    of the same bytes do not change, so a hit re-checks only what can (the validity window,
+    revocation, the role). Only credentials that verified are remembered."""
+    cache = node.credential_cache
+    known = cache.get(header)
+    if known is None:
+        known = verify_membership(decode_credential(header), node.authority_key,
+                                  now=node.clock(), is_revoked=node.is_revoked,
+                                  required_role=roles or None)
+        if len(cache) >= _CREDENTIAL_CACHE_SIZE:
+            cache.pop(next(iter(cache)))  # the oldest entry
+        cache[header] = known
+        return known
+    check_standing(known, now=node.clock(), is_revoked=node.is_revoked,
+                   required_role=roles or None)
+    return known
+
+
 def member(*roles: str) -> Callable[[Request], Awaitable[Caller]]:
     """Dependency factory: a signed request from a member holding one of `roles`."""
 
@@ -107,16 +134,13 @@ def member(*roles: str) -> Callable[[Request], Awaitable[Caller]]:
         if not header:
             raise ApiError(401, "missing-credential",
                            "node-to-node requests carry a Trustspace-Credential header")
-        doc = decode_credential(header)
         try:
             await node.revocations.refresh_if_stale()
         except Exception as exc:  # the authority is down: fail closed, say so
             raise ApiError(503, "revocation-unavailable", f"cannot check revocation: {exc}") \
                 from None
         try:
-            membership = verify_membership(doc, node.authority_key, now=node.clock(),
-                                           is_revoked=node.is_revoked,
-                                           required_role=roles or None)
+            membership = _credential(node, header, roles)
         except CredentialInvalid as exc:
             status = 403 if exc.reason in _FORBIDDEN else 401
             raise ApiError(status, exc.reason, exc.detail) from None

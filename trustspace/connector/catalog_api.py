@@ -6,7 +6,7 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
 
 from trustspace.crypto import SignedDocument
@@ -32,13 +32,24 @@ def participant_id(node: Node) -> str:
 
 
 def published_views(node: Node, product_id: str | None = None) -> list[dsp.DatasetView]:
-    """The datasets this node offers: published (not retired, never core) current versions."""
+    """The datasets this node offers: published (not retired, never core) current versions.
+
+    Rendered once per catalog generation (bumped after every product change and when the
+    node's membership changes), not on every request."""
+    generation = node.catalog_generation
+    cached = node.catalog_cache.get("views")
+    if cached is None or cached[0] != generation:
+        cached = (generation, _load_views(node))
+        node.catalog_cache["views"] = cached
+    views: list[dsp.DatasetView] = cached[1]
+    return [v for v in views if product_id is None or v.id == product_id]
+
+
+def _load_views(node: Node) -> list[dsp.DatasetView]:
     provider = participant_id(node)
     query = select(Product, ProductVersion).join(ProductVersion, (
         ProductVersion.product_id == Product.product_id) & (
         ProductVersion.version == Product.current_version)).where(Product.status == "published")
-    if product_id is not None:
-        query = query.where(Product.product_id == product_id)
     views = []
     with node.db.read() as session:
         for _product, version in session.execute(query.order_by(Product.product_id)).tuples():
@@ -67,8 +78,14 @@ def catalog_request(caller: AnyMember, node: Annotated[Node, Depends(node_of)]) 
         return _dsp_error(dsp.DspError(dsp.ErrorCode.NOT_AN_OBJECT, [f"not JSON: {exc}"]))
     except dsp.DspError as exc:
         return _dsp_error(exc)
-    return dsp.catalog(participant_id(node), service_id(node), node.settings.public_url,
-                       published_views(node))
+    generation = node.catalog_generation
+    cached = node.catalog_cache.get("catalog")
+    if cached is None or cached[0] != generation:
+        body = dsp.catalog(participant_id(node), service_id(node), node.settings.public_url,
+                           published_views(node))
+        cached = (generation, JSONResponse(body).body)
+        node.catalog_cache["catalog"] = cached
+    return Response(cached[1], media_type="application/json")
 
 
 @router.get("/catalog/datasets/{dataset_id:path}")

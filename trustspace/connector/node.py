@@ -48,11 +48,12 @@ class DatabaseNonceStore:
         stmt = insert(SeenNonce).values(
             key_id=key_id, nonce=nonce, expires_at=expires_at,
         ).on_conflict_do_nothing(index_elements=["key_id", "nonce"]).returning(SeenNonce.nonce)
-        with self._db.transaction() as session:
+        # A plain Core transaction: no ORM session for one INSERT on every request.
+        with self._db.engine.begin() as connection:
             if time.monotonic() - self._last_prune > 60:
-                session.execute(delete(SeenNonce).where(SeenNonce.expires_at < now))
+                connection.execute(delete(SeenNonce).where(SeenNonce.expires_at < now))
                 self._last_prune = time.monotonic()
-            return session.execute(stmt).first() is not None
+            return connection.execute(stmt).first() is not None
 
 
 @dataclass
@@ -134,6 +135,10 @@ class Node:
                                            settings.http_timeout_seconds)
         self.max_skew = timedelta(seconds=settings.clock_skew_seconds)
         self.outbox: OutboxLike = _NoOutbox()
+        self._membership: Membership | None = None
+        self.catalog_generation = 0
+        self.catalog_cache: dict[str, Any] = {}
+        self.credential_cache: dict[str, Membership] = {}  # header value -> verified credential
 
     @property
     def is_authority(self) -> bool:
@@ -147,13 +152,30 @@ class Node:
     def set_state(self, key: str, value: dict[str, Any]) -> None:
         with self.db.transaction() as session:
             session.merge(NodeState(key=key, value=value, updated_at=self.clock()))
+        if key == MEMBERSHIP_STATE:
+            self._membership = None
+            self.catalog_changed()  # the catalog names this node's participant id
 
     def membership(self) -> Membership | None:
-        """This node's own membership credential, if it has one."""
-        doc = self.state(MEMBERSHIP_STATE)
-        if doc is None:
-            return None
-        return verify_membership(doc, self.authority_key, now=self.clock())
+        """This node's own membership credential, if it has one. Verified once, then kept:
+        later calls re-check only its validity window (the clock moves, the document does
+        not)."""
+        cached = self._membership
+        if cached is None:
+            doc = self.state(MEMBERSHIP_STATE)
+            if doc is None:
+                return None
+            cached = verify_membership(doc, self.authority_key, now=self.clock())
+            self._membership = cached
+        now = self.clock()
+        if not cached.valid_from <= now < cached.valid_until:
+            self._membership = None
+            return verify_membership(cached.document, self.authority_key, now=now)  # raises
+        return cached
+
+    def catalog_changed(self) -> None:
+        """Products or this node's identity changed: rendered catalogs are stale."""
+        self.catalog_generation += 1
 
     def is_revoked(self, credential_id: str) -> bool:
         if self.is_authority:

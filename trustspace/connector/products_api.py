@@ -142,6 +142,7 @@ async def add_product(node: Operator, body: Annotated[Any, Body()],
         session.add(row)
         session.flush()
         result = _summary(product, row)
+    node.catalog_changed()
     if publish:
         await _announce(node)
     result["rules"] = list(policy.rules)
@@ -188,6 +189,7 @@ async def retire_product(product_id: str, node: Operator) -> dict[str, Any]:
         was_published = product.status == "published"
         product.status = "retired"
         product.updated_at = node.clock()
+    node.catalog_changed()
     if was_published:
         await _announce(node)
     return {"id": product_id, "status": "retired"}

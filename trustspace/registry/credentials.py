@@ -140,6 +140,16 @@ def verify_membership(doc: SignedDocument | Mapping[str, Any] | bytes,
         raise CredentialInvalid("malformed", f"membership credential: {exc}") from None
     if subject.get("ts:keyId") != public_key.key_id:
         raise CredentialInvalid("malformed", "ts:keyId does not match ts:publicKey")
+    check_standing(membership, now=now, is_revoked=is_revoked, required_role=required_role)
+    return membership
+
+
+def check_standing(membership: Membership, *, now: datetime,
+                   is_revoked: Callable[[str], bool] = lambda _cid: False,
+                   required_role: str | Collection[str] | None = None) -> None:
+    """What can change for a credential already verified: its validity window, revocation,
+    and whether its roles suit the request. Raises CredentialInvalid."""
+    roles = membership.roles
     if now < membership.valid_from:
         raise CredentialInvalid("not-yet-valid", f"valid from {iso(membership.valid_from)}")
     if now >= membership.valid_until:
@@ -151,7 +161,6 @@ def verify_membership(doc: SignedDocument | Mapping[str, Any] | bytes,
         if not wanted & roles:
             raise CredentialInvalid("wrong-role", f"needs one of {sorted(wanted)}, "
                                                   f"holder has {sorted(roles)}")
-    return membership
 
 
 @dataclass(frozen=True)
