@@ -13,7 +13,6 @@ from alembic.migration import MigrationContext
 
 import trustspace.connector.tables  # noqa: F401 - registers every table
 from tests.nodes import PostgresDatabases
-from trustspace.connector.node import DatabaseNonceStore
 from trustspace.connector.tables import NodeState
 from trustspace.db import Base, Database
 
@@ -64,16 +63,6 @@ def test_a_transaction_that_fails_leaves_nothing(db: Database) -> None:
         raise RuntimeError("crash in the middle")
     with db.read() as session:
         assert session.get(NodeState, "half") is None
-
-
-def test_nonce_store_accepts_a_nonce_once(db: Database) -> None:
-    now = datetime.now(UTC)
-    store = DatabaseNonceStore(db, lambda: now)
-    later = now + timedelta(minutes=5)
-    assert store.remember("key-a", "n1", later) is True
-    assert store.remember("key-a", "n1", later) is False  # replay
-    assert store.remember("key-b", "n1", later) is True  # another signer's nonce
-    assert store.remember("key-a", "n2", later) is True
 
 
 def test_uses_are_consumed_atomically_under_concurrency(db: Database) -> None:

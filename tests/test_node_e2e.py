@@ -183,6 +183,13 @@ def test_a_replayed_request_is_refused(space: DataSpace) -> None:
     again = httpx.post(url, content=content, headers=headers)
     assert first.status_code == 200
     assert again.status_code == 401 and _error(again) == "replayed-nonce"
+    # Nonces live in memory: after a restart, anything signed before it is refused instead.
+    provider.stop()
+    provider.start(space.env)
+    after_restart = httpx.post(url, content=content, headers=headers)
+    assert after_restart.status_code == 401 and _error(after_restart) == "stale"
+    fresh = signed("POST", url, CATALOG_REQUEST, key, credential)
+    assert fresh.status_code == 200
 
 
 def test_expired_forged_and_revoked_credentials(space: DataSpace) -> None:

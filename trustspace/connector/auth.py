@@ -92,7 +92,7 @@ async def verify_signed(request: Request, resolve: Callable[[str], SM2PublicKey 
     body = await request.body()
     headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
     try:
-        await run_in_threadpool(
+        verified = await run_in_threadpool(
             verify_request, request.method, asgi_request_url(request.scope), headers, body,
             resolve, node.nonces, now=node.clock(), max_skew=node.max_skew,
             required_components=required)
@@ -100,6 +100,10 @@ async def verify_signed(request: Request, resolve: Callable[[str], SM2PublicKey 
         raise ApiError(401, exc.reason, exc.detail) from None
     except NonceStoreFull:
         raise ApiError(503, "busy", "replay protection is saturated; retry later") from None
+    if verified.created < node.started_at:
+        # Nonces seen before a restart are forgotten, so a request signed before this process
+        # started could be a replay: refuse it (senders sign every attempt afresh).
+        raise ApiError(401, "stale", "signed before this node started; sign the request again")
     return body
 
 

@@ -12,16 +12,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import httpx
-from sqlalchemy import delete, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import select
 
 from trustspace.crypto import SM2PrivateKey, SM2PublicKey, verify_document
 from trustspace.db import Database
 from trustspace.registry.credentials import Membership, verify_membership
 
 from .config import Settings
-from .tables import NodeState, SeenNonce
+from .httpsig import MemoryNonceStore
+from .tables import NodeState
 
 Clock = Callable[[], datetime]
 REVOCATIONS_TYPE = "trustspace.revocations"
@@ -30,30 +29,6 @@ MEMBERSHIP_STATE = "membership"
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-class DatabaseNonceStore:
-    """Replay protection that survives a restart: a (key id, nonce) pair is accepted once while
-    its request could still be fresh. Implements httpsig.NonceStore."""
-
-    def __init__(self, db: Database, clock: Clock) -> None:
-        self._db = db
-        self._clock = clock
-        self._last_prune = 0.0
-
-    def remember(self, key_id: str, nonce: str, expires_at: datetime) -> bool:
-        now = self._clock()
-        insert = pg_insert if self._db.engine.dialect.name == "postgresql" else sqlite_insert
-        # RETURNING, not rowcount: psycopg reports a row for ON CONFLICT DO NOTHING here.
-        stmt = insert(SeenNonce).values(
-            key_id=key_id, nonce=nonce, expires_at=expires_at,
-        ).on_conflict_do_nothing(index_elements=["key_id", "nonce"]).returning(SeenNonce.nonce)
-        # A plain Core transaction: no ORM session for one INSERT on every request.
-        with self._db.engine.begin() as connection:
-            if time.monotonic() - self._last_prune > 60:
-                connection.execute(delete(SeenNonce).where(SeenNonce.expires_at < now))
-                self._last_prune = time.monotonic()
-            return connection.execute(stmt).first() is not None
 
 
 @dataclass
@@ -129,7 +104,12 @@ class Node:
             settings.path(settings.authority_key_file).read_bytes())
         self.clock = clock
         self.db = Database(settings.db_url)
-        self.nonces = DatabaseNonceStore(self.db, clock)
+        # Nonces are kept in memory; replays across a restart are refused instead by the rule
+        # that a request must be signed after this process started (auth.verify_signed).
+        self.nonces = MemoryNonceStore(clock=clock)
+        # Whole seconds, like RFC 9421 `created`: a process cannot restart within the second
+        # it died in (start-up alone takes longer), so nothing signed before a restart passes.
+        self.started_at = clock().replace(microsecond=0)
         self.revocations = RevocationCache(settings.authority_url, self.authority_key,
                                            settings.revocation_ttl_seconds,
                                            settings.http_timeout_seconds)

@@ -22,14 +22,3 @@ class NodeState(Base):
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[dict[str, Any]] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
-
-
-class SeenNonce(Base):
-    """Request nonces seen within the clock-skew window, so a replayed request is refused even
-    after a restart."""
-
-    __tablename__ = "seen_nonces"
-
-    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    nonce: Mapped[str] = mapped_column(String(100), primary_key=True)
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
