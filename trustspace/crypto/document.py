@@ -17,14 +17,13 @@ raises `DocumentInvalid` with a reason code naming the first thing that failed.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import DocumentInvalid, SignatureInvalid
-from .jcs import b64u_decode, b64u_encode, canonical_json
+from .jcs import b64u_decode, b64u_encode, canonical_json, load_json, versioned_object
 from .signer import Signer
 from .sm2 import SM2PublicKey
 from .sm3 import sm3
@@ -110,12 +109,7 @@ class SignedDocument:
     @classmethod
     def from_json(cls, obj: object) -> SignedDocument:
         """Parse strictly: unknown fields, versions and algorithms are refused."""
-        if not isinstance(obj, dict):
-            raise DocumentInvalid("malformed", "a signed document is a JSON object")
-        if obj.get("format") != FORMAT:
-            raise DocumentInvalid("unsupported-format", f"format {obj.get('format')!r}")
-        if set(obj) != _DOC_FIELDS:
-            raise DocumentInvalid("malformed", f"fields must be exactly {sorted(_DOC_FIELDS)}")
+        obj = versioned_object(obj, "a signed document", FORMAT, _DOC_FIELDS)
         doc_type, body, digest, sigs = obj["type"], obj["body"], obj["digest"], obj["signatures"]
         if not isinstance(doc_type, str) or not doc_type:
             raise DocumentInvalid("malformed", "type must be a non-empty string")
@@ -130,11 +124,7 @@ class SignedDocument:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SignedDocument:
-        try:
-            obj = json.loads(data)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise DocumentInvalid("malformed", f"not JSON: {exc}") from None
-        return cls.from_json(obj)
+        return cls.from_json(load_json(data))
 
 
 def _parse_signature(entry: object) -> Signature:

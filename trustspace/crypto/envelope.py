@@ -13,7 +13,6 @@ associated data, so no recipient can be added, dropped or altered without the ta
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -22,7 +21,7 @@ from typing import Any
 
 from . import sm4
 from .errors import DecryptionFailed, DocumentInvalid, NotARecipient
-from .jcs import b64u_decode, b64u_encode, canonical_json
+from .jcs import b64u_decode, b64u_encode, canonical_json, load_json, versioned_object
 from .signer import Decrypter
 from .sm2 import SM2PublicKey
 
@@ -67,12 +66,7 @@ class Envelope:
 
     @classmethod
     def from_json(cls, obj: object) -> Envelope:
-        if not isinstance(obj, dict):
-            raise DocumentInvalid("malformed", "an envelope is a JSON object")
-        if obj.get("format") != FORMAT:
-            raise DocumentInvalid("unsupported-format", f"format {obj.get('format')!r}")
-        if set(obj) != _FIELDS:
-            raise DocumentInvalid("malformed", f"fields must be exactly {sorted(_FIELDS)}")
+        obj = versioned_object(obj, "an envelope", FORMAT, _FIELDS)
         if obj["alg"] != ALG or obj["keyWrap"] != KEY_WRAP:
             raise DocumentInvalid("unsupported-algorithm", f"{obj['alg']!r}/{obj['keyWrap']!r}")
         entries = obj["recipients"]
@@ -95,11 +89,7 @@ class Envelope:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Envelope:
-        try:
-            obj = json.loads(data)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise DocumentInvalid("malformed", f"not JSON: {exc}") from None
-        return cls.from_json(obj)
+        return cls.from_json(load_json(data))
 
 
 def seal(plaintext: bytes, recipients: Iterable[SM2PublicKey],

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+from collections.abc import Set
 from typing import Any
 
 import rfc8785
@@ -41,3 +43,23 @@ def b64u_decode(text: object, field: str) -> bytes:
     if b64u_encode(data) != text:
         raise DocumentInvalid("malformed", f"{field} is not canonical base64url")
     return data
+
+
+def load_json(data: bytes) -> object:
+    """Parse JSON bytes; anything that is not JSON is a `malformed` DocumentInvalid."""
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DocumentInvalid("malformed", f"not JSON: {exc}") from None
+
+
+def versioned_object(obj: object, what: str, fmt: str, fields: Set[str]) -> dict[str, Any]:
+    """The checks every trustspace wire object starts with: a JSON object, of the format
+    version this code knows, with exactly the expected fields (fail closed on extras)."""
+    if not isinstance(obj, dict):
+        raise DocumentInvalid("malformed", f"{what} is a JSON object")
+    if obj.get("format") != fmt:
+        raise DocumentInvalid("unsupported-format", f"format {obj.get('format')!r}")
+    if set(obj) != fields:
+        raise DocumentInvalid("malformed", f"fields must be exactly {sorted(fields)}")
+    return obj
