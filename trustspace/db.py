@@ -7,8 +7,9 @@ state change goes through `Database.transaction()`, so it commits whole or not a
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -76,11 +77,15 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time; waiting here wakes at once, SQLite's busy handler
+        # sleeps 1, 2, 5, 10, 15, 20, 25 ... ms between tries.
+        self._writer: Any = threading.RLock() if self.engine.dialect.name == "sqlite" \
+            else nullcontext()
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A session whose work commits on success and rolls back on any exception."""
-        with self._sessions.begin() as session:
+        with self._writer, self._sessions.begin() as session:
             yield session
 
     @contextmanager

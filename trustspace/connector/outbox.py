@@ -11,7 +11,7 @@ from contextlib import suppress
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, update
 from starlette.concurrency import run_in_threadpool
 
 from trustspace.contracts import negotiation as engine
@@ -20,6 +20,7 @@ from trustspace.contracts.tables import Negotiation, OutboxMessage
 from trustspace.crypto import canonical_json
 
 from .auth import encode_credential
+from .client import TLS
 from .httpsig import CREDENTIAL_HEADER, SM2RequestAuth
 from .node import MEMBERSHIP_STATE, Node
 
@@ -33,12 +34,17 @@ class OutboxSender:
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
         self._credential: str | None = None
+        self._member: Any = None
+        self._busy: dict[str, asyncio.Task[None]] = {}  # pid -> its delivery in flight
+        self._again: set[str] = set()  # busy pids that had more due when last scanned
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
         self._wake.set()  # deliver whatever a previous run left
 
     async def stop(self) -> None:
+        for task in list(self._busy.values()):
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             with suppress(asyncio.CancelledError):
@@ -50,6 +56,10 @@ class OutboxSender:
         self._wake.set()
 
     def _http(self) -> httpx.AsyncClient:
+        membership = self.node.membership()  # cached by the node, reset when it changes
+        if self._client is not None and membership is self._member:
+            return self._client
+        self._member = membership
         credential = self.node.state(MEMBERSHIP_STATE)
         encoded = encode_credential(credential) if credential else None
         if self._client is None or encoded != self._credential:
@@ -57,7 +67,7 @@ class OutboxSender:
             self._client = httpx.AsyncClient(
                 auth=SM2RequestAuth(self.node.key,
                                     extra_components=(CREDENTIAL_HEADER,) if encoded else ()),
-                headers=headers, timeout=self.node.settings.http_timeout_seconds)
+                headers=headers, timeout=self.node.settings.http_timeout_seconds, verify=TLS)
             self._credential = encoded
         return self._client
 
@@ -94,10 +104,23 @@ class OutboxSender:
 
     async def _deliver_due(self) -> float:
         by_pid, wait = await run_in_threadpool(self._due)
-        if by_pid:
-            await asyncio.gather(*(self._deliver_in_order(rows) for rows in by_pid.values()))
-            return 0.0  # look again at once: delivering may have made more messages due
+        for pid, rows in by_pid.items():
+            if pid in self._busy:  # its earlier message is still going out
+                self._again.add(pid)
+            else:
+                self._busy[pid] = asyncio.create_task(self._deliver_pid(pid, rows))
         return wait
+
+    async def _deliver_pid(self, pid: str, rows: list[OutboxMessage]) -> None:
+        try:
+            await self._deliver_in_order(rows)
+        except Exception:
+            log.exception("outbox delivery failed")
+        finally:
+            del self._busy[pid]
+            if pid in self._again:
+                self._again.discard(pid)
+                self.kick()
 
     async def _deliver_in_order(self, rows: list[OutboxMessage]) -> None:
         for row in rows:
@@ -119,8 +142,28 @@ class OutboxSender:
         answer: Any = None
         with suppress(ValueError):
             answer = json.loads(response.content) if response.content else None
+        if response.status_code < 400:
+            await run_in_threadpool(self._sent, row, answer)
+            return True
         await run_in_threadpool(self._settle, row.id, response.status_code, answer)
         return response.status_code < 400
+
+    def _sent(self, row: OutboxMessage, answer: Any) -> None:
+        """Mark a delivered message sent, in one UPDATE; learn the peer's pid from the answer
+        to the first message (the one that does not carry it yet)."""
+        now = self.node.clock()
+        with self.node.db.transaction() as session:
+            session.execute(update(OutboxMessage).where(OutboxMessage.id == row.id).values(
+                attempts=OutboxMessage.attempts + 1, sent_at=now))
+            if not isinstance(answer, dict):
+                return
+            for role, column, key in (("consumer", Negotiation.provider_pid, "providerPid"),
+                                      ("provider", Negotiation.consumer_pid, "consumerPid")):
+                value = answer.get(key)
+                if isinstance(value, str) and not row.message.get(key):
+                    session.execute(update(Negotiation).where(
+                        Negotiation.pid == row.pid, Negotiation.role == role,
+                        column.is_(None)).values({column: value}))
 
     def _retry_later(self, row_id: int, error: str) -> None:
         now = self.node.clock()
