@@ -64,6 +64,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, Any
 
+from _common import cpu_model, percentile, progress
 from fastapi import Depends, Request
 
 from trustspace.connector.auth import encode_credential, node_of
@@ -184,14 +185,14 @@ class _RequestMeter:
 def _instrument() -> None:
     """Wrap the verification steps and the catalog's parts with timers. Must run before
     `catalog_api` is imported: it binds `member()` when its module is loaded."""
-    from trustspace.connector import auth, node
+    from trustspace.connector import auth, httpsig, node
 
     if "trustspace.connector.catalog_api" in sys.modules:
         raise RuntimeError("instrument before the app's modules are imported")
     for name in VERIFY_TIMERS:
         setattr(auth, name, _timed(name, getattr(auth, name)))
-    node.MemoryNonceStore.remember = _timed(  # type: ignore[method-assign]
-        "nonce_store", node.MemoryNonceStore.remember)
+    httpsig.MemoryNonceStore.remember = _timed(  # type: ignore[method-assign]
+        "nonce_store", httpsig.MemoryNonceStore.remember)
     node.Node.membership = _timed("node_membership", node.Node.membership)  # type: ignore
     refresh = node.RevocationCache.refresh_if_stale
     counted: dict[int, float] = {}
@@ -412,13 +413,6 @@ def _machine_busy() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # up to steal, not guest
 
 
-def _percentile(sorted_values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    if not sorted_values:
-        return math.nan
-    return sorted_values[max(0, math.ceil(p * len(sorted_values)) - 1)]
-
-
 @dataclass
 class Cell:
     clients: int
@@ -541,8 +535,8 @@ class _Run:
         server, seconds = self.server, self.seconds or math.nan
         return Cell(
             clients=self.clients, mode=self.mode, requests=len(latencies), seconds=seconds,
-            rps=len(latencies) / seconds, p50_ms=_percentile(latencies, 0.50) * 1e3,
-            p99_ms=_percentile(latencies, 0.99) * 1e3,
+            rps=len(latencies) / seconds, p50_ms=percentile(latencies, 0.50) * 1e3,
+            p99_ms=percentile(latencies, 0.99) * 1e3,
             max_ms=(latencies[-1] if latencies else math.nan) * 1e3,
             errors=sum(errors.values()), error_kinds=dict(errors),
             server_cpu=server["process_cpu"] / server["wall"],
@@ -556,10 +550,6 @@ class _Run:
 
 
 # ==== setting up the data space ==================================================================
-
-def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
 
 def _products(provider: Any, folder: Path) -> None:
     """20 published products: general ones open to sandbox and federated jobs, every fourth an
@@ -611,14 +601,6 @@ def _cpus() -> tuple[int | None, int | None]:
     return (allowed[0], allowed[1]) if len(allowed) >= 2 else (None, None)
 
 
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -660,7 +642,7 @@ async def _measure(host: str, port: int, key: SM2PrivateKey, credential: dict[st
         signed_pool: collections.deque[bytes] = collections.deque()
         for i in range(timing.rounds):
             warmup = timing.warmup if i == 0 else 0.0
-            _progress(f"  {clients} client(s), round {i + 1}/{timing.rounds}: unsigned ...")
+            progress(f"  {clients} client(s), round {i + 1}/{timing.rounds}: unsigned ...")
             await runs["unsigned"].slice(itertools.repeat(raw_unsigned), warmup, slice_seconds)
             # Enough signed requests for the next slice (signed rate so far, else the unsigned
             # one, with a margin), signed before it; each is fresh for the node's 300 s skew.
@@ -672,7 +654,7 @@ async def _measure(host: str, port: int, key: SM2PrivateKey, credential: dict[st
                 signed_pool.append(signed_request(key, credential, netloc))
                 signed_count += 1
             signing_seconds += time.perf_counter() - started
-            _progress(f"  {clients} client(s), round {i + 1}/{timing.rounds}: signed ...")
+            progress(f"  {clients} client(s), round {i + 1}/{timing.rounds}: signed ...")
             await runs["signed"].slice(_drain(signed_pool), warmup, slice_seconds)
         cells += [runs["unsigned"].cell(), runs["signed"].cell()]
     info["signing_ms_per_request"] = signing_seconds / max(1, signed_count) * 1e3
@@ -690,7 +672,7 @@ def run(timing: Timing) -> dict[str, Any]:
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ts-bench-catalog-") as tmp, \
             dataspace(Path(tmp), "sqlite") as space:
-        _progress("setting up: authority, provider, consumer, products ...")
+        progress("setting up: authority, provider, consumer, products ...")
         provider = space.add_member("hospital-a", "provider")
         consumer = space.add_member("research-b", "consumer")
         _products(provider, Path(tmp))
@@ -711,7 +693,7 @@ def run(timing: Timing) -> dict[str, Any]:
             if generator_cpu is not None:
                 os.sched_setaffinity(0, {generator_cpu})
             setup = time.perf_counter() - began
-            _progress(f"measuring (set-up took {setup:.0f} s) ...")
+            progress(f"measuring (set-up took {setup:.0f} s) ...")
             cells, info = asyncio.run(_measure("127.0.0.1", provider.port, key, credential,
                                                timing))
         finally:
@@ -723,7 +705,7 @@ def run(timing: Timing) -> dict[str, Any]:
                 server.wait()
     meta = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": os.cpu_count(), "cpu_model": _cpu_model(), "kernel": platform.release(),
+        "nproc": os.cpu_count(), "cpu_model": cpu_model(), "kernel": platform.release(),
         "versions": _versions(), "timing": asdict(timing), "products": PRODUCTS,
         "revocation_ttl_seconds": REVOCATION_TTL, "database": "SQLite (the node's default)",
         "server_cpu": server_cpu, "generator_cpu": generator_cpu,

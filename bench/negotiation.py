@@ -80,6 +80,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from _common import cpu_model, percentile, progress
+
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ("sqlite", "postgresql")
 CONCURRENCY = (1, 16)
@@ -506,13 +508,6 @@ def _machine_busy() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def _percentile(sorted_values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    if not sorted_values:
-        return math.nan
-    return sorted_values[max(0, math.ceil(p * len(sorted_values)) - 1)]
-
-
 def _delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     timers = {}
     for name, a in after["timers"].items():
@@ -689,11 +684,11 @@ async def _measure(space: _Space, backend: str, concurrency: int, timing: Timing
         backend=backend, concurrency=concurrency, finished=done_in_window, seconds=window,
         rate=done_in_window / window, started=len(measured) + sum(
             window_start <= r.posted < window_end and r.state != "FINALIZED" for r in records),
-        p50_ms=_percentile(latencies, 0.5) * 1e3, p99_ms=_percentile(latencies, 0.99) * 1e3,
+        p50_ms=percentile(latencies, 0.5) * 1e3, p99_ms=percentile(latencies, 0.99) * 1e3,
         max_ms=(latencies[-1] if latencies else math.nan) * 1e3,
-        post_p50_ms=_percentile(posts, 0.5) * 1e3,
-        protocol_p50_ms=_percentile(protocol, 0.5) * 1e3,
-        protocol_p99_ms=_percentile(protocol, 0.99) * 1e3,
+        post_p50_ms=percentile(posts, 0.5) * 1e3,
+        protocol_p50_ms=percentile(protocol, 0.5) * 1e3,
+        protocol_p99_ms=percentile(protocol, 0.99) * 1e3,
         commit_after_updated_ms=(sum(gaps) / len(gaps) * 1e3) if gaps else math.nan,
         failed=sum(failures.values()), failure_kinds=failures,
         cpu={**node_cpu, "generator": cpu / window,
@@ -702,10 +697,6 @@ async def _measure(space: _Space, backend: str, concurrency: int, timing: Timing
 
 
 # ==== setting up a data space ====================================================================
-
-def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
 
 def _wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
     import httpx
@@ -757,7 +748,7 @@ def _run_backend(backend: str, timing: Timing, tmp: Path) -> tuple[list[Cell], f
     root = tmp / backend
     root.mkdir()
     with dataspace(root, backend) as space:
-        _progress(f"{backend}: setting up an authority, a provider and a consumer ...")
+        progress(f"{backend}: setting up an authority, a provider and a consumer ...")
         provider = space.add_member("tax-bureau", "provider")
         consumer = space.add_member("bank", "consumer")
         provider.ok("POST", "/api/products", product_spec(root / "bp.csv", DATASET))
@@ -765,19 +756,11 @@ def _run_backend(backend: str, timing: Timing, tmp: Path) -> tuple[list[Cell], f
             setup = time.perf_counter() - began
             cells = []
             for concurrency in CONCURRENCY:
-                _progress(f"{backend}: {concurrency} at a time, {timing.warmup:g} s warm-up + "
+                progress(f"{backend}: {concurrency} at a time, {timing.warmup:g} s warm-up + "
                           f"{timing.window:g} s ...")
                 cells.append(asyncio.run(_measure(_Space(provider, consumer), backend,
                                                   concurrency, timing)))
     return cells, setup
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def _versions() -> dict[str, str]:
@@ -817,7 +800,7 @@ def run(timing: Timing, backends: Sequence[str]) -> dict[str, Any]:
             cells += done
     meta = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": os.cpu_count(), "cpu_model": _cpu_model(), "kernel": platform.release(),
+        "nproc": os.cpu_count(), "cpu_model": cpu_model(), "kernel": platform.release(),
         "versions": _versions(), "timing": asdict(timing),
         "revocation_ttl_seconds": REVOCATION_TTL, "dataset": DATASET,
         "seconds": time.perf_counter() - began, "setup_seconds": setup,
