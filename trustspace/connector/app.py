@@ -20,7 +20,6 @@ from .catalog_api import router as catalog_router
 from .config import Settings
 from .crawler import crawl_forever
 from .errors import BodyLimit, install_error_handlers
-from .management_api import authority_id
 from .management_api import router as management_router
 from .negotiation_api import manage as negotiation_manage_router
 from .negotiation_api import router as negotiation_router
@@ -37,8 +36,8 @@ def _ensure_authority_credential(node: Node) -> None:
         return
     now = node.clock()
     doc = issue_membership(
-        node.key, authority_id(node),
-        participant_id=authority_id(node), name=node.settings.name,
+        node.key, node.authority_id,
+        participant_id=node.authority_id, name=node.settings.name,
         roles=["authority"], public_key=node.key.public_key,
         endpoint_url=node.settings.public_url, valid_from=now - timedelta(minutes=5),
         valid_until=now + timedelta(days=node.settings.membership_days))

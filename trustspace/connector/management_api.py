@@ -35,10 +35,6 @@ def remote_error(exc: RemoteError) -> ApiError:
     return ApiError(status, exc.reason, f"{exc.url}: {exc.detail}")
 
 
-def authority_id(node: Node) -> str:
-    return f"urn:trustspace:authority:{node.settings.name}"
-
-
 @router.get("/node")
 def node_info(node: Operator) -> dict[str, Any]:
     info: dict[str, Any] = {
@@ -143,7 +139,7 @@ def members(node: Operator, status: Annotated[str | None, Query()] = None
 def approve(application_id: str, node: Operator) -> dict[str, Any]:
     _authority(node)
     with node.db.transaction() as session:
-        m = registry.approve(session, application_id, node.key, authority_id(node),
+        m = registry.approve(session, application_id, node.key, node.authority_id,
                              node.clock(), node.settings.membership_days)
         return _member_json(m)
 

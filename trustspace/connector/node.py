@@ -125,6 +125,11 @@ class Node:
     def is_authority(self) -> bool:
         return self.settings.kind == "authority"
 
+    @property
+    def authority_id(self) -> str:
+        """The participant id the authority signs as (only meaningful on the authority)."""
+        return f"urn:trustspace:authority:{self.settings.name}"
+
     def state(self, key: str) -> dict[str, Any] | None:
         with self.db.read() as session:
             row = session.get(NodeState, key)

@@ -38,10 +38,6 @@ def _authority(request: Request) -> Node:
     return node
 
 
-def _authority_id(node: Node) -> str:
-    return f"urn:trustspace:authority:{node.settings.name}"
-
-
 @router.post("/applications", status_code=202)
 async def apply(request: Request) -> dict[str, Any]:
     """A participant applies with its SM2 public key; the request is signed by that key."""
@@ -94,7 +90,7 @@ def register(request: Request,
     node = _authority(request)
     with node.db.transaction() as session:
         return registry.register_product(session, caller.membership, _json(caller.body),
-                                         node.key, _authority_id(node), node.clock())
+                                         node.key, node.authority_id, node.clock())
 
 
 @router.get("/registrations")
