@@ -42,18 +42,21 @@ def _reason(response: httpx.Response) -> tuple[str, str]:
     return "error", response.text[:200]
 
 
+def signed_client(node: Node, credential: dict[str, Any] | None) -> httpx.AsyncClient:
+    """An HTTP client that signs every request with the node's key (RFC 9421) and, given a
+    credential, carries it in the covered Trustspace-Credential header."""
+    headers = {CREDENTIAL_HEADER: encode_credential(credential)} if credential else {}
+    return httpx.AsyncClient(
+        auth=SM2RequestAuth(node.key, extra_components=tuple(headers)), headers=headers,
+        verify=TLS, timeout=node.settings.http_timeout_seconds)
+
+
 class NodeClient:
     def __init__(self, node: Node, *, credential: dict[str, Any] | None = None) -> None:
+        """`credential=None`: this node's membership credential; `{}`: none (enrolment)."""
         self.node = node
-        headers = {}
-        cred = credential if credential is not None else node.state(MEMBERSHIP_STATE)
-        extra: tuple[str, ...] = ()
-        if cred is not None:
-            headers[CREDENTIAL_HEADER] = encode_credential(cred)
-            extra = (CREDENTIAL_HEADER,)
-        self._client = httpx.AsyncClient(
-            auth=SM2RequestAuth(node.key, extra_components=extra), headers=headers, verify=TLS,
-            timeout=node.settings.http_timeout_seconds)
+        self._client = signed_client(
+            node, credential if credential is not None else node.state(MEMBERSHIP_STATE))
 
     async def __aenter__(self) -> NodeClient:
         return self

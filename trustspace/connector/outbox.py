@@ -19,9 +19,7 @@ from trustspace.contracts.states import State
 from trustspace.contracts.tables import Negotiation, OutboxMessage
 from trustspace.crypto import canonical_json
 
-from .auth import encode_credential
-from .client import TLS
-from .httpsig import CREDENTIAL_HEADER, SM2RequestAuth
+from .client import signed_client
 from .node import MEMBERSHIP_STATE, Node
 
 log = logging.getLogger("trustspace.outbox")
@@ -33,8 +31,8 @@ class OutboxSender:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
-        self._credential: str | None = None
         self._member: Any = None
+        self._closing: asyncio.Task[None] | None = None
         self._busy: dict[str, asyncio.Task[None]] = {}  # pid -> its delivery in flight
         self._again: set[str] = set()  # busy pids that had more due when last scanned
 
@@ -60,15 +58,9 @@ class OutboxSender:
         if self._client is not None and membership is self._member:
             return self._client
         self._member = membership
-        credential = self.node.state(MEMBERSHIP_STATE)
-        encoded = encode_credential(credential) if credential else None
-        if self._client is None or encoded != self._credential:
-            headers = {CREDENTIAL_HEADER: encoded} if encoded else {}
-            self._client = httpx.AsyncClient(
-                auth=SM2RequestAuth(self.node.key,
-                                    extra_components=(CREDENTIAL_HEADER,) if encoded else ()),
-                headers=headers, timeout=self.node.settings.http_timeout_seconds, verify=TLS)
-            self._credential = encoded
+        if self._client is not None:  # the credential changed: let the old client go
+            self._closing = asyncio.create_task(self._client.aclose())
+        self._client = signed_client(self.node, self.node.state(MEMBERSHIP_STATE))
         return self._client
 
     async def _run(self) -> None:
