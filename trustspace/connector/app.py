@@ -15,17 +15,24 @@ from trustspace import __version__
 from trustspace.registry import dsp
 from trustspace.registry.credentials import issue_membership
 
+from .audit_api import manage as audit_manage_router
 from .audit_api import router as audit_router
 from .catalog_api import router as catalog_router
 from .config import Settings
 from .crawler import crawl_forever
 from .errors import BodyLimit, install_error_handlers
+from .ledger_api import router as ledger_router
+from .ledger_api import witness_router
+from .ledgers import WitnessPusher, make_ledger
 from .management_api import router as management_router
 from .negotiation_api import manage as negotiation_manage_router
 from .negotiation_api import router as negotiation_router
 from .node import MEMBERSHIP_STATE, Clock, Node, utc_now
 from .outbox import OutboxSender
 from .products_api import router as products_router
+from .receipt_worker import ReceiptWorker
+from .receipts_api import manage as receipts_manage_router
+from .receipts_api import router as receipts_router
 from .registry_api import router as registry_router
 
 
@@ -48,6 +55,9 @@ def create_app(settings: Settings, *, key_password: bytes | None = None,
                clock: Clock = utc_now) -> FastAPI:
     node = Node(settings, key_password=key_password, clock=clock)
     node.outbox = OutboxSender(node)
+    node.receipts = ReceiptWorker(node, make_ledger(node))
+    if node.is_authority:
+        node.witness_pusher = WitnessPusher(node)
     node.db.migrate()
     if node.is_authority:
         _ensure_authority_credential(node)
@@ -58,7 +68,11 @@ def create_app(settings: Settings, *, key_password: bytes | None = None,
         if node.is_authority and settings.crawl_interval_seconds > 0:
             task = asyncio.create_task(crawl_forever(node, settings.crawl_interval_seconds))
         node.outbox.start()
+        node.receipts.start()
+        node.witness_pusher.start()
         yield
+        await node.witness_pusher.stop()
+        await node.receipts.stop()
         await node.outbox.stop()
         if task is not None:
             task.cancel()
@@ -90,7 +104,12 @@ def create_app(settings: Settings, *, key_password: bytes | None = None,
     app.include_router(products_router)
     app.include_router(negotiation_router)
     app.include_router(negotiation_manage_router)
+    app.include_router(receipts_router)
+    app.include_router(receipts_manage_router)
+    app.include_router(ledger_router)
+    app.include_router(witness_router)
     app.include_router(audit_router)
+    app.include_router(audit_manage_router)
     return app
 
 

@@ -244,6 +244,7 @@ def demand_list(home: Home) -> None:
 
 negotiations_app = typer.Typer(help="Contract negotiations.", no_args_is_help=True)
 agreements_app = typer.Typer(help="Agreements signed by both parties.", no_args_is_help=True)
+receipts_app = typer.Typer(help="Receipts this node issued or countersigned.", no_args_is_help=True)
 
 
 def negotiate(
@@ -322,6 +323,20 @@ def negotiations_terminate(home: Home, pid: str,
     show(call(home, "POST", f"/api/negotiations/{pid}/terminate", {"reason": reason}))
 
 
+@receipts_app.command("list")
+def receipts_list(home: Home, agreement: Annotated[str | None, typer.Option()] = None,
+                  status: Annotated[str | None, typer.Option()] = None) -> None:
+    """This node's receipts and where they are (countersign, pending, logged, refused)."""
+    show(call(home, "GET", "/api/receipts",
+              params={k: v for k, v in (("agreement", agreement), ("status", status)) if v}))
+
+
+@receipts_app.command("show")
+def receipts_show(home: Home, receipt_id: str) -> None:
+    """A receipt with its evidence: log index, inclusion proof, checkpoint, chain transaction."""
+    show(call(home, "GET", f"/api/receipts/{receipt_id}"))
+
+
 @agreements_app.command("list")
 def agreements_list(home: Home) -> None:
     """Finalized agreements."""
@@ -347,6 +362,10 @@ def register(app: typer.Typer) -> None:
     app.command("negotiate")(negotiate)
     app.add_typer(negotiations_app, name="negotiations")
     app.add_typer(agreements_app, name="agreements")
+    app.add_typer(receipts_app, name="receipts")
+    from .cli_audit import audit_app
+
+    app.add_typer(audit_app, name="audit")
 
 
 

@@ -35,6 +35,15 @@ class Settings(BaseSettings):
     membership_days: int = Field(default=365, ge=1)
     http_timeout_seconds: float = Field(default=10.0, gt=0)
     crawl_interval_seconds: float = Field(default=300.0, ge=0)  # authority; 0: only on demand
+    # Where receipts go: the node's own log (local), the data space's shared log at the
+    # authority, or the own log anchored on an EVM chain. auto: authority when there is one.
+    ledger: Literal["auto", "local", "authority", "evm"] = "auto"
+    witness_quorum: int = Field(default=2, ge=1)  # cosignatures that make a checkpoint final
+    evm_rpc_url: str | None = None
+    evm_contract: str | None = None  # address of the deployed ReceiptLedger
+    evm_key_env: str = "TRUSTSPACE_EVM_KEY"  # variable holding the chain account's key (hex)
+    evm_confirmations: int = Field(default=1, ge=0)
+    evm_batch: bool = True  # one Merkle root per transaction instead of one per receipt
 
     @classmethod
     def settings_customise_sources(

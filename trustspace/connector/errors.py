@@ -18,10 +18,11 @@ from trustspace.registry.authority import RegistryError
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, reason: str, detail: str = "") -> None:
+    def __init__(self, status: int, reason: str, detail: str = "", **extra: Any) -> None:
         self.status = status
         self.reason = reason
         self.detail = detail
+        self.extra = extra  # more machine-readable fields of the error body
         super().__init__(f"{status} {reason}: {detail}")
 
 
@@ -39,8 +40,8 @@ def error_body(path: str, reason: str, detail: str) -> dict[str, Any]:
 
 def install_error_handlers(app: FastAPI) -> None:
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(request.url.path, exc.reason, exc.detail),
-                            status_code=exc.status)
+        return JSONResponse({**error_body(request.url.path, exc.reason, exc.detail),
+                             **exc.extra}, status_code=exc.status)
 
     async def registry_error(request: Request, exc: RegistryError) -> JSONResponse:
         return JSONResponse(error_body(request.url.path, exc.reason, exc.detail),

@@ -38,7 +38,8 @@ def me(node: Node) -> engine.Me:
     membership = node.membership()
     if membership is None:
         raise ApiError(409, "not-a-member", "this node has no membership credential yet")
-    return engine.Me(membership.participant_id, node.key, node.settings.public_url)
+    return engine.Me(membership.participant_id, node.key, node.settings.public_url,
+                     node.regulator_keys())
 
 
 def product_terms(node: Node) -> engine.ProductLookup:
@@ -89,6 +90,7 @@ async def _handle(node: Node, caller: Caller, expected: tuple[Message, ...],
     except messages.MessageInvalid as exc:
         return _refusal(engine.NegotiationRefused(400, "malformed", exc.detail), parsed)
     node.outbox.kick()
+    node.receipts.kick()  # a finalized agreement left an authorization receipt
     return JSONResponse(ack, status_code=status)
 
 

@@ -4,18 +4,21 @@ the application factory and shared by every request handler."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import select
 
 from trustspace.crypto import SM2PrivateKey, SM2PublicKey, verify_document
 from trustspace.db import Database
+from trustspace.ledger.log import TransparencyLog
 from trustspace.registry.credentials import Membership, verify_membership
 
 from .config import Settings
@@ -41,6 +44,7 @@ class RevocationCache:
     ttl: float
     timeout: float
     revoked: frozenset[str] = frozenset()
+    regulators: tuple[SM2PublicKey, ...] = ()
     fetched: float = -1.0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -68,6 +72,8 @@ class RevocationCache:
                     return  # keep serving on the last list for a bounded time
                 raise
             self.revoked = frozenset(doc.body["revoked"])
+            self.regulators = tuple(SM2PublicKey.from_pem(str(r["publicKey"]))
+                                    for r in doc.body.get("regulators", []))
             self.fetched = time.monotonic()
 
 
@@ -116,6 +122,8 @@ class Node:
                                            settings.http_timeout_seconds)
         self.max_skew = timedelta(seconds=settings.clock_skew_seconds)
         self.outbox: OutboxLike = _NoOutbox()
+        self.receipts: OutboxLike = _NoOutbox()  # the receipt worker, once the app starts
+        self.witness_pusher: OutboxLike = _NoOutbox()  # on the authority
         self._membership: Membership | None = None
         self.catalog_generation = 0
         self.catalog_cache: dict[str, Any] = {}
@@ -162,6 +170,22 @@ class Node:
     def catalog_changed(self) -> None:
         """Products or this node's identity changed: rendered catalogs are stale."""
         self.catalog_generation += 1
+
+    @functools.cached_property
+    def log(self) -> TransparencyLog:
+        """This node's transparency log (the data space's shared log on the authority)."""
+        origin = urlsplit(self.settings.public_url).netloc + "/ledger"
+        return TransparencyLog(origin, origin, self.key)
+
+    def regulator_keys(self) -> tuple[SM2PublicKey, ...]:
+        """The data space's regulators, to whom receipts' confidential parts are sealed."""
+        if self.is_authority:
+            from trustspace.registry.tables import Member
+
+            with self.db.read() as session:
+                return tuple(SM2PublicKey.from_pem(m.public_key_pem) for m in session.scalars(
+                    select(Member).where(Member.status == "approved")) if "regulator" in m.roles)
+        return self.revocations.regulators
 
     def is_revoked(self, credential_id: str) -> bool:
         if self.is_authority:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -28,6 +28,7 @@ from trustspace.crypto import (
     sm3,
     verify_document,
 )
+from trustspace.ledger import receipts, store
 from trustspace.registry.classification import ComputeMode, Level
 from trustspace.registry.credentials import Membership, iso
 
@@ -58,6 +59,7 @@ class Me:
     participant_id: str
     signer: Signer
     public_url: str
+    regulators: tuple[SM2PublicKey, ...] = ()  # receipts' confidential parts are sealed to them
 
 
 @dataclass(frozen=True)
@@ -289,6 +291,7 @@ def on_verification(session: Session, me: Me, sender: Membership, msg: messages.
     _move(neg, Message.FINALIZED, Role.PROVIDER, now)
     neg.agreement = countersigned.to_json()
     _store_agreement(session, neg, countersigned, now)
+    _authorize(session, me, neg, countersigned, sender.public_key, now)
     assert neg.provider_pid and neg.consumer_pid  # noqa: S101 - both known by now
     _send(session, neg, f"/negotiations/{neg.consumer_pid}/events",
           messages.event(neg.provider_pid, neg.consumer_pid, "FINALIZED"), now)
@@ -431,6 +434,51 @@ def _store_agreement(session: Session, neg: Negotiation, doc: SignedDocument,
         provider_id=str(body["provider"]), consumer_id=str(body["consumer"]),
         dataset_id=str(body["dataset"]), data_digest=str(body["dataDigest"]),
         digest=doc.digest, document=doc.to_json(), created_at=now))
+
+
+def _authorize(session: Session, me: Me, neg: Negotiation, agreement: SignedDocument,
+               consumer_key: SM2PublicKey, now: datetime) -> None:
+    """The authorization receipt, in the transaction that finalizes the agreement; the receipt
+    worker has the consumer countersign it, then submits it to the ledger."""
+    body = agreement.body
+    policy = body["agreement"]
+    valid_from, valid_until = validity(policy, now)
+    content = receipts.Authorization(
+        product_id=str(body["dataset"]), data_digest=str(body["dataDigest"]), policy=policy,
+        valid_from=valid_from, valid_until=valid_until,
+        registration_digest=body.get("registration"))
+    parties = receipts.Parties(provider=me.participant_id, consumer=neg.counterparty_id,
+                               agreement_id=str(policy["@id"]),
+                               agreement_digest=agreement.digest)
+    doc = receipts.issue(content, parties, me.signer, "provider", now,
+                         [consumer_key, *me.regulators])
+    store.keep(session, doc, status=store.COUNTERSIGN, now=now,
+               counterparty_url=neg.counterparty_url, counterparty_key=consumer_key)
+
+
+def validity(policy: Mapping[str, Any], now: datetime) -> tuple[datetime, datetime | None]:
+    """When an agreement may be used: from its dateTime constraints (`gt`/`gteq` and
+    `lt`/`lteq` bounds on any permission), else from now on without end."""
+    start, end = now, None
+    for permission in policy.get("permission", []) or []:
+        for constraint in permission.get("constraint", []) or []:
+            if str(constraint.get("leftOperand", "")).split(":")[-1] != "dateTime":
+                continue
+            value = constraint.get("rightOperand")
+            if isinstance(value, dict):
+                value = value.get("@value")
+            try:
+                bound = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            if bound.tzinfo is None:
+                bound = bound.replace(tzinfo=UTC)
+            op = str(constraint.get("operator", "")).split(":")[-1]
+            if op in ("gt", "gteq"):
+                start = max(start, bound)
+            elif op in ("lt", "lteq"):
+                end = bound if end is None else min(end, bound)
+    return start, end
 
 
 def next_attempt(attempts: int, now: datetime) -> datetime:

@@ -94,6 +94,11 @@ class SignedDocument:
         extra = _signature(signer, self.digest, role, signed_at)
         return SignedDocument(self.type, self.body, self.digest, self.signatures + (extra,))
 
+    @property
+    def intact(self) -> bool:
+        """Whether `digest` is the digest of this type and body (signatures not checked)."""
+        return _digest_of(self.type, self.body) == self.digest
+
     def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT,

@@ -155,9 +155,17 @@ def revoke(session: Session, participant_id: str, reason: str, now: datetime) ->
 
 
 def revocation_list(session: Session, authority: Signer, now: datetime) -> SignedDocument:
+    """The data space's status list: revoked credential ids, and the regulators' keys (every
+    receipt's confidential part is sealed to them)."""
     revoked = session.scalars(select(Member.credential_id).where(Member.status == "revoked"))
+    regulators = [
+        {"participantId": m.participant_id, "publicKey": m.public_key_pem}
+        for m in session.scalars(select(Member).where(Member.status == "approved")
+                                 .order_by(Member.participant_id))
+        if "regulator" in m.roles]
     return sign_document(REVOCATIONS_TYPE, {
         "issuedAt": iso(now), "revoked": sorted(cid for cid in revoked if cid),
+        "regulators": regulators,
     }, authority, role="authority")
 
 
