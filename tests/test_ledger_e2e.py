@@ -248,3 +248,31 @@ def test_a_member_refuses_to_cosign_a_forked_history(space: DataSpace) -> None:
                                                           "logName": origin})
     assert stranger.status_code == 403 and stranger.json()["error"] == "not-the-log"
     assert seen() == size  # the witness's view did not move
+
+
+def test_a_ledger_outage_loses_nothing_and_duplicates_nothing(space: DataSpace) -> None:
+    """The authority (and its log) goes down; receipts wait, survive the provider's own
+    restart, and reach the log exactly once when it is back."""
+    provider, consumer = space.members["hospital"], space.members["insurer"]
+    finalize(space)  # every node has the authority's revocation list, to serve on while down
+    space.authority.stop()
+    try:
+        agreement = finalize(space)
+
+        def waiting() -> dict[str, Any] | None:
+            rows = provider.ok("GET", "/api/receipts", agreement=agreement)["receipts"]
+            row = rows[0] if rows else None
+            return row if row and row["status"] == "pending" and row["lastError"] else None
+
+        row = wait_for(waiting)
+        assert "unavailable" in row["lastError"] and row["evidence"] is None
+        provider.stop()
+        provider.start()
+    finally:
+        space.authority.start()
+    mine, theirs = logged(provider, agreement), logged(consumer, agreement)
+    assert mine["evidence"]["index"] == theirs["evidence"]["index"]
+    bundle = space.members["regulator"].cli("audit", "export", "--out", "/dev/stdout",
+                                            "--agreement", agreement)
+    entries = json.loads(bundle.stdout)["entries"]
+    assert [e["receipt"]["body"]["id"] for e in entries] == [mine["id"]]

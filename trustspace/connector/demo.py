@@ -149,6 +149,7 @@ class DataSpaceStory:
 
     def __init__(self, space: LocalDataSpace) -> None:
         self.space = space
+        self.agreement_id = ""
 
     def members(self) -> str:
         self.space.add_member("hospital-a", "provider")
@@ -215,9 +216,27 @@ class DataSpaceStory:
         _check(roles == ["provider", "consumer"], "signed by both")
         _check(shown["digest"] == theirs["digest"], "the same agreement on both nodes")
         elapsed = time.perf_counter() - started
+        self.agreement_id = agreement_id
         return (f"agreement {agreement_id[9:17]}… (DSP contract negotiation, {elapsed:.1f} s "
                 f"including the CLI) signed by {' and '.join(roles)}, digest "
                 f"{shown['digest'][4:16]}… identical on both nodes")
+
+    def receipt(self) -> str:
+        hospital = self.space.members["hospital-a"]
+        deadline = time.monotonic() + 30
+        while True:
+            rows = hospital.ok("GET", "/api/receipts", agreement=self.agreement_id)["receipts"]
+            if rows and rows[0]["status"] == "logged":
+                break
+            _check(time.monotonic() < deadline, f"receipt not logged: {rows}")
+            time.sleep(0.1)
+        shown = hospital.ok("GET", f"/api/receipts/{rows[0]['id']}")
+        roles = [s["role"] for s in shown["document"]["signatures"]]
+        _check(roles == ["provider", "consumer"], "receipt countersigned")
+        evidence = shown["evidence"]
+        return (f"authorization receipt signed by {' and '.join(roles)}, policy sealed to the "
+                f"parties and the regulator; entry #{evidence['index']} of the authority's SM3 "
+                f"Merkle log, inclusion proof to a signed checkpoint of size {evidence['size']}")
 
     def refusals(self) -> str:
         hospital = self.space.members["hospital-a"]
@@ -245,13 +264,24 @@ class DataSpaceStory:
         summary = httpx.get(url, headers=headers, timeout=10)
         _check(summary.status_code == 200, f"audit summary: {summary.text}")
         body = summary.json()
-        return (f"regulator read the authority's audit summary: members {body['members']}, "
-                f"{body['registrations']} registration(s)")
+        traced = regulator.cli("audit", "trace", "--agreement", self.agreement_id)
+        _check(traced.returncode == 0 and "authorization" in traced.stdout,
+               f"audit trace: {traced.stderr}")
+        deadline = time.monotonic() + 30
+        while True:  # the witnesses cosign the newest checkpoint within moments
+            verified = regulator.cli("audit", "verify", "--require-final")
+            if verified.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        _check(verified.returncode == 0, f"audit verify: {verified.stdout} {verified.stderr}")
+        return (f"regulator read the audit summary ({body['members']}); traced the agreement "
+                f"(sealed policy opened with its own key); {verified.stderr.strip()}")
 
     def steps(self) -> list[tuple[str, Callable[[], str]]]:
         return [("members enrolled", self.members), ("product published", self.publish),
                 ("federated search", self.search), ("catalog verified", self.verify),
-                ("contract negotiated", self.negotiate), ("refusals", self.refusals),
+                ("contract negotiated", self.negotiate), ("receipt logged", self.receipt),
+                ("refusals", self.refusals),
                 ("regulator", self.regulator)]
 
 
