@@ -67,8 +67,10 @@ def bundle(caller: Regulator, node: Annotated[Node, Depends(node_of)],
         since = since.replace(tzinfo=UTC)
     selection = Selection(agreement, product, participant, since)
     creds = credentials(node)
+    own = node.membership()
+    keeper = None if node.is_authority or own is None else own.participant_id
     with node.db.transaction() as session:
-        return build_bundle(session, node.log, selection, creds, node.clock())
+        return build_bundle(session, node.log, selection, creds, node.clock(), keeper)
 
 
 @manage.get("/bundle")

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from trustspace.crypto import NotARecipient, SM2PrivateKey, SM2PublicKey
-from trustspace.ledger.audit import Report, trace, verify_bundle
+from trustspace.ledger.audit import Report, chain_anchors, trace, verify_bundle
 
 from .cli_node import Home, NodeCommandError, call, show
 from .config import Settings
@@ -137,10 +137,19 @@ def verify_command(home: Annotated[Path | None, typer.Option(
                        "--require-final", help="A checkpoint short of the quorum fails.")]
                    = False,
                    report_json: Annotated[Path | None, typer.Option("--json")] = None,
-                   report_html: Annotated[Path | None, typer.Option("--html")] = None) -> None:
+                   report_html: Annotated[Path | None, typer.Option("--html")] = None,
+                   rpc_url: Annotated[str | None, typer.Option(
+                       "--rpc-url", help="Read the anchors from this EVM chain.")] = None,
+                   contract: Annotated[str | None, typer.Option(
+                       "--contract", help="The ReceiptLedger contract's address.")] = None
+                   ) -> None:
     """Check every signature, inclusion proof, checkpoint consistency, the witnesses' quorum
     and the chain anchors; name each failure; exit 1 on any."""
     value = _bundle(home, bundle, source)
+    if rpc_url or contract:
+        if not (rpc_url and contract):
+            raise NodeCommandError("--rpc-url and --contract go together", 2)
+        value["anchors"] = _anchors_on_chain(rpc_url, contract, str(value.get("origin")))
     report = verify_bundle(value, _authority_key(home, authority_key), quorum_size=quorum_size)
     if require_final and not report.final:
         report.fail("not-final", f"checkpoint {report.size}", "short of the witness quorum")
@@ -153,6 +162,18 @@ def verify_command(home: Annotated[Path | None, typer.Option(
     typer.echo(_summary(report), err=True)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _anchors_on_chain(rpc_url: str, contract: str, origin: str) -> list[dict[str, Any]]:
+    """The chain's own record of the log's anchors (read-only: the key is a throwaway)."""
+    from trustspace.ledger.errors import LedgerError
+    from trustspace.ledger.evm import EvmLedger
+
+    reader = EvmLedger(rpc_url, contract, "0x" + os.urandom(32).hex())
+    try:
+        return chain_anchors(reader.events(), origin)
+    except LedgerError as exc:
+        raise NodeCommandError(f"cannot read the chain: {exc}", 1) from None
 
 
 def _summary(report: Report) -> str:

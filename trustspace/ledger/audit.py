@@ -6,6 +6,7 @@ chain's anchors name the log's own roots.
 Bundle (JSON)::
 
     {"format": "trustspace.audit-bundle/1", "origin": "...", "logName": "...",
+     "logParticipant": null,          # or the member whose own log this is (its key signs)
      "complete": true,                # entries are the whole log: a gap is a removed entry
      "checkpoints": ["<signed note>", ...],              # ascending sizes; the last is proven to
      "consistency": [{"old": n, "new": m, "proof": [hex]}],   # between successive checkpoints
@@ -106,7 +107,8 @@ def select_entries(session: Session, selection: Selection) -> list[LogEntry]:
 
 
 def build_bundle(session: Session, log: TransparencyLog, selection: Selection,
-                 credentials: Sequence[Mapping[str, Any]], now: datetime) -> dict[str, Any]:
+                 credentials: Sequence[Mapping[str, Any]], now: datetime,
+                 log_participant: str | None = None) -> dict[str, Any]:
     """The entries selected, proven to the newest checkpoint, with every checkpoint and the
     consistency proofs that chain them."""
     latest = log.checkpoint(session, now)
@@ -115,6 +117,7 @@ def build_bundle(session: Session, log: TransparencyLog, selection: Selection,
     entries = select_entries(session, selection)
     return {
         "format": BUNDLE_FORMAT, "origin": log.origin, "logName": log.name,
+        "logParticipant": log_participant,  # None: the authority's log, signed by the anchor
         "complete": selection.everything,
         "checkpoints": [c.note for c in checkpoints],
         "consistency": [{"old": a, "new": b, "proof": [h.hex() for h in
@@ -146,14 +149,14 @@ def _keys(bundle: Mapping[str, Any], authority_key: SM2PublicKey, report: Report
     return keys
 
 
-def _checkpoints(bundle: Mapping[str, Any], authority_key: SM2PublicKey, report: Report
+def _checkpoints(bundle: Mapping[str, Any], log_key: SM2PublicKey, report: Report
                  ) -> list[tuple[int, bytes, SignedNote]]:
     origin, name = str(bundle.get("origin")), str(bundle.get("logName"))
     heads: list[tuple[int, bytes, SignedNote]] = []
     for text in bundle.get("checkpoints", []):
         try:
             note = SignedNote.parse(text)
-            verified = verify_note(note, {name: authority_key}, origin=origin)
+            verified = verify_note(note, {name: log_key}, origin=origin)
             if name not in verified.signers:
                 raise LedgerError("unknown-key", "not signed by the log")
             cp = note.checkpoint()
@@ -187,7 +190,15 @@ def verify_bundle(bundle: Mapping[str, Any], authority_key: SM2PublicKey, *,
         report.fail("malformed", "bundle", f"not a {BUNDLE_FORMAT} bundle")
         return report
     keys = _keys(bundle, authority_key, report)
-    heads = _checkpoints(bundle, authority_key, report)
+    log_key = authority_key
+    if bundle.get("logParticipant"):  # a member's own log, signed with its member key
+        member_key = keys.get(str(bundle["logParticipant"]))
+        if member_key is None:
+            report.fail("unknown-log-key", "bundle", f"no credential for the log's keeper "
+                        f"{bundle['logParticipant']}")
+            return report
+        log_key = member_key
+    heads = _checkpoints(bundle, log_key, report)
     if not heads:
         report.fail("no-checkpoint", "bundle", "no valid checkpoint to prove entries against")
         return report
@@ -233,6 +244,17 @@ def verify_bundle(bundle: Mapping[str, Any], authority_key: SM2PublicKey, *,
         elif known.hex() != anchor.get("root"):
             report.fail("anchor-mismatch", where, "the chain anchors another root than the log")
     return report
+
+
+def chain_anchors(events: Sequence[Any], origin: str) -> list[dict[str, Any]]:
+    """The anchors of log `origin` among a chain's events (evm.CheckpointEvent), in the
+    bundle's form: what `verify_bundle` compares with the log's own roots."""
+    from trustspace.crypto import sm3
+
+    key = sm3(origin.encode())
+    return [{"size": e.size, "root": e.root_hash.hex(), "tx": e.tx.tx_hash,
+             "block": e.tx.block_number}
+            for e in events if getattr(e, "origin", None) == key]
 
 
 def trace(bundle: Mapping[str, Any]) -> list[Receipt]:

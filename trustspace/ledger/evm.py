@@ -13,9 +13,9 @@ to the chain (who may write), not receipts: their evidence is the SM2 signatures
 off-chain. Keep it apart from the node's SM2 identity keys.
 
 Sending (measured on Anvil, see shared notes "evm-anvil"): transactions are signed locally with
-a local nonce counter and a fixed gas limit per function, sent together in one JSON-RPC batch
-and then waited for, polling every `poll` seconds (web3's default of 0.1 s would cost ~100 ms
-per receipt). `confirmations` follows the usual convention: a transaction in the newest block
+a local nonce counter and a fixed gas limit per function, sent `window` at a time in JSON-RPC
+batches and then waited for, polling every `poll` seconds (web3's default of 0.1 s would cost
+~100 ms per receipt). `confirmations` follows the usual convention: a transaction in the newest block
 has one confirmation, so it counts once ``block_number + confirmations - 1 <= head``.
 
 Failures:
@@ -59,10 +59,11 @@ __all__ = [
     "deploy",
 ]
 
-# Gas limits, fixed so that sending needs no eth_estimateGas round trip. Each is about twice
-# what the function uses on a first write (tests/test_evm_ledger.py checks the margin).
+# Gas limits, fixed so that sending needs no eth_estimateGas round trip: 1.6 to 2 times what
+# each function used on Anvil 1.7.1 (record ~50k, recordBatch ~49k, anchor ~72k, authorise
+# ~47k); tests/test_evm_ledger.py keeps a third of margin.
 GAS: Final = {"record": 100_000, "recordBatch": 100_000, "anchor": 120_000,
-              "authorise": 60_000, "revoke": 60_000}
+              "authorise": 100_000, "revoke": 100_000}
 _RPC_BATCH: Final = 250  # requests per JSON-RPC batch
 
 
@@ -345,16 +346,17 @@ def _wait(rpc: _Rpc, txs: Sequence[ChainTx], confirmations: int, poll: float,
 
 def deploy(rpc_url: str, private_key_hex: str, *, timeout: float = 60.0,
            poll: float = 0.005) -> str:
-    """Deploy `ReceiptLedger`, owned (and authorised) by the key's account; its address."""
+    """Deploy `ReceiptLedger`, owned (and authorised) by the key's account; its address once
+    the deployment is mined (one confirmation: wait for more before relying on it)."""
     rpc = _Rpc(rpc_url, timeout=10.0)
     account = _Account(rpc, private_key_hex)
     create = {"from": account.address, "data": "0x" + _abi().bytecode.hex()}
     try:
         gas = _hex(rpc.call("eth_estimateGas", create))
+        (tx,) = account.send(None, [_abi().bytecode], gas + gas // 5)
+        (receipt,) = _wait(rpc, [tx], 1, poll, timeout)
     except _RpcError as exc:
         raise _unavailable(exc) from exc
-    (tx,) = account.send(None, [_abi().bytecode], gas + gas // 5)
-    (receipt,) = _wait(rpc, [tx], 1, poll, timeout)
     if _hex(receipt["status"]) != 1:
         raise ChainRejected("reverted", "deploying ReceiptLedger", tx_hash=tx.tx_hash)
     return to_checksum_address(receipt["contractAddress"])
@@ -373,11 +375,12 @@ class EvmLedger:
 
     def __init__(self, rpc_url: str, contract_address: str, private_key_hex: str, *,
                  confirmations: int = 1, poll: float = 0.005, timeout: float = 120.0,
-                 rpc_timeout: float = 10.0) -> None:
+                 rpc_timeout: float = 10.0, window: int = 256) -> None:
         if confirmations < 1:
             raise ValueError("confirmations counts the block holding the transaction: >= 1")
         self.contract_address = to_checksum_address(contract_address)
         self.confirmations = confirmations
+        self.window = window
         self.poll = poll
         self.timeout = timeout
         self._rpc = _Rpc(rpc_url, rpc_timeout)
@@ -399,12 +402,24 @@ class EvmLedger:
         return self._account.send(self.contract_address, calls, GAS["record"])
 
     def record(self, entries: Sequence[ChainEntry]) -> list[ChainTx]:
-        """Record each receipt in a transaction of its own: all sent, then all waited for.
+        """Record each receipt in a transaction of its own, `window` at a time: a window is
+        sent at once and waited for until mined, then the next; `confirmations` at the end.
+
+        Nodes cap one account's pending transactions (geth guarantees 16 and shares 5,120
+        among all accounts), and Anvil 1.7.1's automine sometimes stops mining for good when
+        ~2,000 arrive at once: hence the window.
 
         If any reverted, raises the first one's `ChainRejected` once none is in flight; its
-        detail names the entry's position. The others may have been recorded: `find` tells.
+        detail names the entry's position. Later windows are not sent. Earlier entries may
+        have been recorded: `find` tells.
         """
-        return self._wait_all(self.submit(entries))
+        txs: list[ChainTx] = []
+        for start in range(0, len(entries), self.window):
+            sent = self.submit(entries[start:start + self.window])
+            txs.extend(self._wait_all(sent, confirmations=1, first=start, total=len(entries)))
+        if self.confirmations == 1 or not txs:
+            return txs
+        return self._wait_all(txs)
 
     def record_batch(self, root: bytes, count: int, first_receipt_id: bytes,
                      last_receipt_id: bytes) -> ChainTx:
@@ -432,9 +447,11 @@ class EvmLedger:
                                  GAS[function])
         return self._wait_all(txs)[0]
 
-    def _wait_all(self, txs: Sequence[ChainTx]) -> list[ChainTx]:
+    def _wait_all(self, txs: Sequence[ChainTx], *, confirmations: int | None = None,
+                  first: int = 0, total: int | None = None) -> list[ChainTx]:
+        depth = self.confirmations if confirmations is None else confirmations
         try:
-            receipts = _wait(self._rpc, txs, self.confirmations, self.poll, self.timeout)
+            receipts = _wait(self._rpc, txs, depth, self.poll, self.timeout)
         except _RpcError as exc:
             self._account.forget_nonce()
             raise _unavailable(exc) from exc
@@ -443,7 +460,8 @@ class EvmLedger:
             raise
         for i, receipt in enumerate(receipts):
             if _hex(receipt["status"]) != 1:
-                raise self._explain(receipt, f"transaction {i + 1} of {len(receipts)}")
+                raise self._explain(receipt, f"transaction {first + i + 1} of "
+                                             f"{total or len(receipts)}")
         return [ChainTx(r["transactionHash"], _hex(r["blockNumber"]), _hex(r["gasUsed"]))
                 for r in receipts]
 
