@@ -86,8 +86,7 @@ def _die_with_us() -> None:
 class Anvil:
     """One Anvil process on 127.0.0.1; its chain survives stop()/start() through `state`."""
 
-    def __init__(self, workdir: Path, *, no_mining: bool = False,
-                 extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, workdir: Path, *, extra: tuple[str, ...] = ()) -> None:
         self.binary = anvil_binary()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -95,8 +94,7 @@ class Anvil:
         self.log = workdir / f"anvil-{self.port}.log"
         self.args = [
             str(self.binary), "--host", "127.0.0.1", "--port", str(self.port),
-            "--state", str(self.state), "--accounts", "1", "--silent",
-            *(["--no-mining"] if no_mining else []), *extra,
+            "--state", str(self.state), "--accounts", "1", "--silent", *extra,
         ]
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -19,8 +19,8 @@ def start_anvil(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartAnvil
     """Start a node of one's own; every one is stopped at the end of the session."""
     nodes: list[Anvil] = []
 
-    def start(*, no_mining: bool = False, extra: tuple[str, ...] = ()) -> Anvil:
-        node = Anvil(tmp_path_factory.mktemp("anvil"), no_mining=no_mining, extra=extra)
+    def start(*, extra: tuple[str, ...] = ()) -> Anvil:
+        node = Anvil(tmp_path_factory.mktemp("anvil"), extra=extra)
         nodes.append(node)
         node.start()
         return node

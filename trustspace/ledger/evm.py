@@ -15,8 +15,9 @@ off-chain. Keep it apart from the node's SM2 identity keys.
 Sending (measured on Anvil, see shared notes "evm-anvil"): transactions are signed locally with
 a local nonce counter and a fixed gas limit per function, sent `window` at a time in JSON-RPC
 batches and then waited for, polling every `poll` seconds (web3's default of 0.1 s would cost
-~100 ms per receipt). `confirmations` follows the usual convention: a transaction in the newest block
-has one confirmation, so it counts once ``block_number + confirmations - 1 <= head``.
+~100 ms per receipt). `confirmations` follows the usual convention: a transaction in the
+newest block has one confirmation, so a wait ends once the head reaches
+``block_number + confirmations - 1`` (with 1, as soon as it is mined).
 
 Failures:
 - `LedgerUnavailable`: the node cannot be reached, answers with a JSON-RPC error, or a
