@@ -140,3 +140,37 @@ def test_every_single_bit_flip_of_a_document_and_an_envelope_is_refused(
     for bit in range(len(env) * 8):
         with pytest.raises(CryptoError):
             open_sealed(flip(env, bit), keys[bit % 2])
+
+
+any_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**60), 2**60)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(any_json)
+def test_canonical_json_fast_path_writes_rfc8785_bytes(value: object) -> None:
+    """The standard-library fast path and the rfc8785 package agree on every value both take
+    (surrogates, astral keys, floats and big integers fall back to rfc8785)."""
+    import rfc8785
+
+    from trustspace.crypto import canonical_json
+
+    try:
+        expected = rfc8785.dumps(value)
+    except (rfc8785.CanonicalizationError, TypeError, UnicodeEncodeError):
+        with pytest.raises((ValueError, UnicodeEncodeError)):
+            canonical_json(value)
+        return
+    assert canonical_json(value) == expected
+
+
+def test_canonical_json_orders_astral_keys_by_utf16() -> None:
+    from trustspace.crypto import canonical_json
+
+    # U+1F600 sorts after U+FF5E by code point, before it by UTF-16 unit (0xD83D < 0xFF5E).
+    assert canonical_json({"\uff5e": 1, "\U0001f600": 2}) == \
+        '{"\U0001f600":2,"\uff5e":1}'.encode()
+    assert canonical_json({"a": "\u2028\x7f\x1f"}) == b'{"a":"\xe2\x80\xa8\x7f\\u001f"}'

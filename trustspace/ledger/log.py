@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select, tuple_
+from sqlalchemy import insert, or_, select
 from sqlalchemy.orm import Session
 
 from trustspace.crypto import DocumentInvalid, SignedDocument, Signer
@@ -138,12 +138,18 @@ class TransparencyLog:
         wanted = list(coords)
         if not wanted:
             return {}
+        # One `level = ? AND idx IN (...)` per level: SQLite does not use the primary key for
+        # a row-value IN, and a proof needs at most one node per level anyway.
+        by_level: dict[int, list[int]] = {}
+        for level, idx in wanted:
+            by_level.setdefault(level, []).append(idx)
         found: dict[Coord, bytes] = {}
-        for chunk in range(0, len(wanted), 500):
-            part = wanted[chunk:chunk + 500]
+        clauses = [(LogNode.level == level) & LogNode.idx.in_(idxs)
+                   for level, idxs in by_level.items()]
+        for chunk in range(0, len(clauses), 50):
             for level, idx, value in session.execute(
                     select(LogNode.level, LogNode.idx, LogNode.hash)
-                    .where(tuple_(LogNode.level, LogNode.idx).in_(part))):
+                    .where(or_(*clauses[chunk:chunk + 50]))):
                 found[(level, idx)] = bytes(value)
         return found
 
