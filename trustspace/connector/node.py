@@ -124,6 +124,7 @@ class Node:
         self.outbox: OutboxLike = _NoOutbox()
         self.receipts: OutboxLike = _NoOutbox()  # the receipt worker, once the app starts
         self.witness_pusher: OutboxLike = _NoOutbox()  # on the authority
+        self.jobs: OutboxLike = _NoOutbox()  # the in-process job worker(s)
         self._membership: Membership | None = None
         self.catalog_generation = 0
         self.catalog_cache: dict[str, Any] = {}

@@ -27,7 +27,8 @@ from .node import MEMBERSHIP_STATE, Node
 log = logging.getLogger("trustspace.receipts")
 
 BATCH = 200  # receipts per ledger submission
-RETRYABLE = {"unknown-agreement"}  # the consumer has not seen FINALIZED yet
+# The consumer has not yet seen FINALIZED, or the job's completion or termination.
+RETRYABLE = {"unknown-agreement", "unknown-job", "result-pending"}
 
 
 class ReceiptWorker:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 import trustspace.contracts.tables  # noqa: F401 - registers the negotiation tables
 import trustspace.ledger.tables  # noqa: F401 - registers the receipts and the log
 import trustspace.registry.tables  # noqa: F401 - registers the registry's tables
+import trustspace.sandbox.tables  # noqa: F401 - registers the jobs
 from trustspace.db import Base, UTCDateTime
 
 

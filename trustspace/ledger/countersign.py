@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trustspace.contracts.tables import Agreement
@@ -61,6 +62,28 @@ def countersign_receipt(session: Session, document: Mapping[str, Any], *, me: st
         if wrong or secret is None:
             raise ReceiptRefused(400, "receipt-mismatch",
                                  f"the receipt does not match our agreement: {wrong}")
+    if receipt.kind is Kind.DELIVERY:
+        _check_delivery(session, receipt.public)
     signed = countersign(receipt.document, key, now)
     store.keep(session, signed, status=store.PENDING, now=now)
     return signed
+
+
+def _check_delivery(session: Session, public: Mapping[str, Any]) -> None:
+    """A delivery receipt names our job request, and the result we received (or none)."""
+    from trustspace.sandbox.tables import Job  # the sandbox's table; imported where needed
+
+    job = session.scalar(select(Job).where(Job.role == "consumer",
+                                           Job.provider_pid == public.get("jobId")))
+    if job is None:
+        raise ReceiptRefused(404, "unknown-job", f"no job {public.get('jobId')} of ours")
+    if job.request_digest != public.get("jobRequestDigest"):
+        raise ReceiptRefused(400, "receipt-mismatch", "the receipt names another job request")
+    if job.state not in ("COMPLETED", "TERMINATED"):
+        raise ReceiptRefused(409, "result-pending", f"job {job.pid} is still {job.state}")
+    if public.get("outcome") == "succeeded":
+        if job.state != "COMPLETED" or job.result_digest != public.get("resultDigest"):
+            raise ReceiptRefused(400, "receipt-mismatch",
+                                 "the receipt names another result than the one we received")
+    elif job.state != "TERMINATED" or public.get("resultDigest") is not None:
+        raise ReceiptRefused(400, "receipt-mismatch", "a failed job released nothing")

@@ -102,7 +102,7 @@ class Delivery:
     mode: str  # sandbox | federated | homomorphic
     code_digest: str
     input_digest: str
-    result_digest: str
+    result_digest: str | None  # None: nothing was released (the job failed)
     input_bytes: int
     result_bytes: int
     started_at: datetime

@@ -20,6 +20,7 @@ JOB_REQUEST_TYPE = "trustspace.job-request"
 FORMAT_PREFIX = "ts:compute+"  # + the mode: ts:compute+sandbox
 JOB_REQUEST = "ts:jobRequest"  # the consumer-signed job request document
 CODE = "ts:code"  # base64url of the code bundle (a zip archive)
+PARAMETERS = "ts:parameters"  # the job's parameters (their digest is in the job request)
 RESULT = "ts:result"  # the sealed result, on completion
 RECEIPT = "ts:receipt"  # the delivery or refusal receipt id, on completion or termination
 
@@ -66,10 +67,12 @@ def _message(kind: str, **fields: Any) -> dict[str, Any]:
 
 
 def request(consumer_pid: str, agreement_id: str, mode: str, callback: str,
-            job_request: Mapping[str, Any], code_b64: str) -> dict[str, Any]:
+            job_request: Mapping[str, Any], code_b64: str,
+            parameters: Mapping[str, Any]) -> dict[str, Any]:
     return _message("TransferRequestMessage", consumerPid=consumer_pid,
                     agreementId=agreement_id, format=FORMAT_PREFIX + mode,
-                    callbackAddress=callback, **{JOB_REQUEST: dict(job_request), CODE: code_b64})
+                    callbackAddress=callback, **{JOB_REQUEST: dict(job_request), CODE: code_b64,
+                                                 PARAMETERS: dict(parameters)})
 
 
 def process(provider_pid: str | None, consumer_pid: str | None,

@@ -1,0 +1,287 @@
+"""Jobs over the Dataspace Protocol 2025-1 transfer process binding: the provider's endpoints
+and the consumer's callbacks (every node is both: the pid in the path says which of our jobs),
+and the operators' management endpoints (`trustspace run`, `trustspace jobs`)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from trustspace.contracts.tables import Agreement, Negotiation
+from trustspace.crypto import Envelope, open_sealed
+from trustspace.crypto.jcs import load_json
+from trustspace.registry.classification import ComputeMode
+from trustspace.registry.credentials import iso
+from trustspace.sandbox import jobs, transfer
+from trustspace.sandbox.tables import Job
+from trustspace.sandbox.transfer import TransferInvalid, TransferState
+
+from .auth import Caller, member, node_of, operator
+from .client import NodeClient, RemoteError
+from .errors import ApiError
+from .negotiation_api import me
+from .node import Node
+
+router = APIRouter(prefix="/transfers", tags=["protocol: transfers (jobs)"])
+manage = APIRouter(prefix="/api/jobs", tags=["management: jobs"])
+AnyMember = Annotated[Caller, Depends(member())]
+Operator = Annotated[Node, Depends(operator)]
+
+
+def _error(exc: TransferInvalid, provider_pid: str | None = None,
+           consumer_pid: str | None = None) -> JSONResponse:
+    return JSONResponse(transfer.error(provider_pid, consumer_pid, exc.code, [exc.detail]),
+                        status_code=exc.status)
+
+
+def _process(job: Job) -> dict[str, Any]:
+    return transfer.process(job.provider_pid, job.consumer_pid, TransferState(job.state))
+
+
+def _kick(node: Node) -> None:
+    node.outbox.kick()
+    node.receipts.kick()
+    node.jobs.kick()
+
+
+async def _handle(node: Node, caller: Caller, expected: str,
+                  work: Callable[[Session, transfer.Parsed], Job],
+                  status: int = 200) -> JSONResponse:
+    parsed: transfer.Parsed | None = None
+    try:
+        try:
+            parsed = transfer.parse(json.loads(caller.body or b"null"), expected)
+        except ValueError as exc:
+            raise TransferInvalid(400, "malformed", str(exc)) from None
+
+        def transaction() -> tuple[dict[str, Any], dict[str, Any] | None]:
+            assert parsed is not None  # noqa: S101 - set above
+            with node.db.transaction() as session:
+                job = work(session, parsed)
+                refused = None
+                if job.role == "provider" and job.outcome == "refused" and \
+                        expected == "TransferRequestMessage":
+                    refused = transfer.error(job.pid, job.consumer_pid,
+                                             (job.reason or {}).get("code", "refused"),
+                                             [(job.reason or {}).get("detail", "")])
+                return _process(job), refused
+
+        answer, refused = await run_in_threadpool(transaction)
+    except TransferInvalid as exc:
+        return _error(exc, parsed.provider_pid if parsed else None,
+                      parsed.consumer_pid if parsed else None)
+    _kick(node)
+    if refused is not None:  # kept, with its refusal receipt; the consumer is told why
+        return JSONResponse(refused, status_code=403)
+    return JSONResponse(answer, status_code=status)
+
+
+def _role_of(node: Node, pid: str) -> str | None:
+    with node.db.read() as session:
+        job = session.get(Job, pid)
+        return job.role if job else None
+
+
+# ---- protocol --------------------------------------------------------------------------------
+
+@router.post("/request", status_code=201)
+async def transfer_request(request: Request,
+                           caller: Annotated[Caller, Depends(member("consumer"))]
+                           ) -> JSONResponse:
+    """A consumer asks to run code under an agreement (format ts:compute+<mode>)."""
+    node = node_of(request)
+    party = me(node)
+    return await _handle(node, caller, "TransferRequestMessage", lambda s, m: jobs.on_request(
+        s, party, caller.membership, m, node.clock()), status=201)
+
+
+@router.get("/{pid}")
+def transfer_process(pid: str, request: Request, caller: AnyMember) -> JSONResponse:
+    node = node_of(request)
+    with node.db.read() as session:
+        job = session.get(Job, pid)
+        if job is None or job.counterparty_id != caller.participant_id:
+            return _error(TransferInvalid(404, "unknown-transfer", f"no transfer {pid}"))
+        return JSONResponse(_process(job))
+
+
+@router.post("/{pid}/start")
+async def transfer_start(pid: str, request: Request, caller: AnyMember) -> JSONResponse:
+    node = node_of(request)
+    if _role_of(node, pid) != "consumer":  # providers start their own jobs
+        return _error(TransferInvalid(400, "unsupported", "the provider starts its jobs"))
+    return await _handle(node, caller, "TransferStartMessage", lambda s, m: jobs.on_start(
+        s, caller.membership, m, pid, node.clock()))
+
+
+@router.post("/{pid}/completion")
+async def transfer_completion(pid: str, request: Request, caller: AnyMember) -> JSONResponse:
+    node = node_of(request)
+    if _role_of(node, pid) != "consumer":
+        return _error(TransferInvalid(400, "unsupported", "the provider completes its jobs"))
+    party = me(node)
+
+    def opener(sealed: dict[str, Any], aad: bytes) -> bytes:
+        try:
+            return open_sealed(Envelope.from_json(sealed), node.key, aad)
+        except Exception as exc:
+            raise TransferInvalid(400, "result-unreadable", str(exc)) from None
+
+    return await _handle(node, caller, "TransferCompletionMessage",
+                         lambda s, m: jobs.on_completion(s, party, caller.membership, m, pid,
+                                                         node.clock(), opener))
+
+
+@router.post("/{pid}/termination")
+async def transfer_termination(pid: str, request: Request, caller: AnyMember) -> JSONResponse:
+    node = node_of(request)
+    if _role_of(node, pid) != "consumer":
+        return _error(TransferInvalid(400, "unsupported", "ask the provider's operator to stop "
+                                      "a running job"))
+    return await _handle(node, caller, "TransferTerminationMessage",
+                         lambda s, m: jobs.on_termination(s, caller.membership, m, pid,
+                                                          node.clock()))
+
+
+# ---- management --------------------------------------------------------------------------------
+
+def view(job: Job, *, full: bool = False) -> dict[str, Any]:
+    shown: dict[str, Any] = {
+        "pid": job.pid, "role": job.role, "state": job.state, "providerPid": job.provider_pid,
+        "consumerPid": job.consumer_pid, "counterparty": job.counterparty_id,
+        "agreementId": job.agreement_id, "dataset": job.dataset_id, "mode": job.mode,
+        "codeDigest": job.code_digest, "approval": job.approval, "outcome": job.outcome,
+        "reason": job.reason, "receiptId": job.receipt_id, "resultDigest": job.result_digest,
+        "resultBytes": job.result_bytes, "attempts": job.attempts,
+        "createdAt": iso(job.created_at),
+        "finishedAt": iso(job.finished_at) if job.finished_at else None,
+    }
+    if full:
+        shown["parameters"] = job.parameters
+        shown["decision"] = job.decision
+        shown["code"] = base64.b64encode(job.code).decode()
+        if job.role == "provider":
+            shown["log"] = job.log
+    return shown
+
+
+@manage.post("", status_code=201)
+async def run_job(node: Operator, agreement: Annotated[str, Body(embed=True)],
+                  code: Annotated[str, Body(embed=True, description="base64 of the bundle")],
+                  parameters: Annotated[dict[str, Any] | None, Body(embed=True)] = None,
+                  purpose: Annotated[str | None, Body(embed=True)] = None,
+                  mode: Annotated[str, Body(embed=True)] = "sandbox") -> dict[str, Any]:
+    """As consumer: send code to run under an agreement; answers once the provider took (or
+    refused) the request. Follow the job with GET /api/jobs/{pid}."""
+    party = me(node)
+    try:
+        bundle = base64.b64decode(code, validate=True)
+        compute_mode = ComputeMode(mode)
+    except ValueError as exc:
+        raise ApiError(400, "malformed", str(exc)) from None
+
+    def create() -> tuple[str, dict[str, Any], str]:
+        with node.db.transaction() as session:
+            row = session.get(Agreement, agreement)
+            neg = session.get(Negotiation, row.pid) if row else None
+            if row is None or neg is None:
+                raise ApiError(404, "unknown-agreement", f"no agreement {agreement}")
+            job, message = jobs.request_job(
+                session, party, agreement_id=agreement, provider_url=neg.counterparty_url,
+                code=bundle, parameters=parameters or {}, purpose=purpose, mode=compute_mode,
+                now=node.clock())
+            return job.pid, message, neg.counterparty_url
+
+    try:
+        pid, message, provider_url = await run_in_threadpool(create)
+    except TransferInvalid as exc:
+        raise ApiError(exc.status, exc.code, exc.detail) from None
+    answer: dict[str, Any] | None = None
+    refusal: tuple[str, str] | None = None
+    async with NodeClient(node) as client:
+        try:
+            answer = await client.post(f"{provider_url.rstrip('/')}/transfers/request", message)
+        except RemoteError as exc:
+            if exc.status >= 500:
+                raise ApiError(502, exc.reason, exc.detail) from None
+            refusal = (exc.reason, exc.detail)
+
+    def record() -> dict[str, Any]:
+        with node.db.transaction() as session:
+            return view(jobs.requested(session, pid, answer, node.clock(), refusal))
+
+    return await run_in_threadpool(record)
+
+
+@manage.get("")
+def list_jobs(node: Operator, role: str | None = None, state: str | None = None,
+              pending: bool = False,
+              limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+    query = select(Job).order_by(Job.created_at.desc()).limit(limit)
+    if role:
+        query = query.where(Job.role == role)
+    if state:
+        query = query.where(Job.state == state)
+    if pending:
+        query = query.where(Job.approval == "pending", Job.state == "REQUESTED")
+    with node.db.read() as session:
+        return {"jobs": [view(j) for j in session.scalars(query)]}
+
+
+@manage.get("/{pid}")
+def show_job(pid: str, node: Operator) -> dict[str, Any]:
+    with node.db.read() as session:
+        job = session.get(Job, pid)
+        if job is None:
+            raise ApiError(404, "unknown-job", pid)
+        return view(job, full=True)
+
+
+@manage.get("/{pid}/result")
+def job_result(pid: str, node: Operator) -> dict[str, Any]:
+    """As consumer: the released result, opened with this node's key."""
+    with node.db.read() as session:
+        job = session.get(Job, pid)
+        if job is None or job.role != "consumer":
+            raise ApiError(404, "unknown-job", pid)
+        if job.result is None:
+            raise ApiError(409, "no-result", f"job {pid} is {job.state}, with no result")
+        sealed, digest = job.result, job.result_digest
+    plain = open_sealed(Envelope.from_json(sealed), node.key, pid.encode())
+    return {"pid": pid, "resultDigest": digest, "result": load_json(plain)}
+
+
+async def _decide(node: Node, pid: str, work: Callable[[Session], Job]) -> dict[str, Any]:
+    def transaction() -> dict[str, Any]:
+        with node.db.transaction() as session:
+            return view(work(session))
+
+    try:
+        shown = await run_in_threadpool(transaction)
+    except TransferInvalid as exc:
+        raise ApiError(exc.status, exc.code, exc.detail) from None
+    _kick(node)
+    return shown
+
+
+@manage.post("/{pid}/approve")
+async def approve_job(pid: str, node: Operator) -> dict[str, Any]:
+    """As provider: the operator approves the code of a job that waits for it."""
+    party = me(node)
+    return await _decide(node, pid, lambda s: jobs.approve(s, party, pid, node.clock()))
+
+
+@manage.post("/{pid}/refuse")
+async def refuse_job(pid: str, node: Operator,
+                     reason: Annotated[str, Body(embed=True)] = "refused by the operator"
+                     ) -> dict[str, Any]:
+    party = me(node)
+    return await _decide(node, pid, lambda s: jobs.refuse(s, party, pid, reason, node.clock()))
