@@ -21,6 +21,7 @@ from .catalog_api import router as catalog_router
 from .config import Settings
 from .crawler import crawl_forever
 from .errors import BodyLimit, install_error_handlers
+from .job_worker import JobPool
 from .ledger_api import router as ledger_router
 from .ledger_api import witness_router
 from .ledgers import WitnessPusher, make_ledger
@@ -34,6 +35,8 @@ from .receipt_worker import ReceiptWorker
 from .receipts_api import manage as receipts_manage_router
 from .receipts_api import router as receipts_router
 from .registry_api import router as registry_router
+from .transfer_api import manage as transfer_manage_router
+from .transfer_api import router as transfer_router
 
 
 def _ensure_authority_credential(node: Node) -> None:
@@ -56,6 +59,7 @@ def create_app(settings: Settings, *, key_password: bytes | None = None,
     node = Node(settings, key_password=key_password, clock=clock)
     node.outbox = OutboxSender(node)
     node.receipts = ReceiptWorker(node, make_ledger(node))
+    node.jobs = JobPool(node, settings.job_workers)
     if node.is_authority:
         node.witness_pusher = WitnessPusher(node)
     node.db.migrate()
@@ -70,7 +74,9 @@ def create_app(settings: Settings, *, key_password: bytes | None = None,
         node.outbox.start()
         node.receipts.start()
         node.witness_pusher.start()
+        node.jobs.start()
         yield
+        await node.jobs.stop()
         await node.witness_pusher.stop()
         await node.receipts.stop()
         await node.outbox.stop()
@@ -108,6 +114,8 @@ def create_app(settings: Settings, *, key_password: bytes | None = None,
     app.include_router(receipts_manage_router)
     app.include_router(ledger_router)
     app.include_router(witness_router)
+    app.include_router(transfer_router)
+    app.include_router(transfer_manage_router)
     app.include_router(audit_router)
     app.include_router(audit_manage_router)
     return app

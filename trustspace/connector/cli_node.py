@@ -3,6 +3,7 @@ API (the operator's bearer token is read from the node's home)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -100,6 +101,22 @@ def serve(home: Home) -> None:
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
                 server_header=False)
+
+
+def worker(home: Home, count: Annotated[int, typer.Option(
+        "--count", min=1, help="Job workers in this process.")] = 1) -> None:
+    """Run job workers for this node without its HTTP server (add machines by starting more
+    against the same PostgreSQL database; each job runs on one worker at a time)."""
+    import asyncio
+
+    from .job_worker import run_workers
+    from .node import Node
+
+    settings = Settings.load(home)
+    node = Node(settings)
+    node.db.migrate()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_workers(node, count))
 
 
 # ---- operating a node -----------------------------------------------------------------------
@@ -352,6 +369,7 @@ def agreements_show(home: Home, agreement_id: str) -> None:
 def register(app: typer.Typer) -> None:
     app.command("init")(init)
     app.command("serve")(serve)
+    app.command("worker")(worker)
     app.command("enrol")(enrol)
     app.command("enrol-status")(enrol_status)
     app.add_typer(node_app, name="node")
@@ -364,8 +382,10 @@ def register(app: typer.Typer) -> None:
     app.add_typer(agreements_app, name="agreements")
     app.add_typer(receipts_app, name="receipts")
     from .cli_audit import audit_app
+    from .cli_jobs import register as register_jobs
 
     app.add_typer(audit_app, name="audit")
+    register_jobs(app)
 
 
 

@@ -21,11 +21,13 @@ TLS = httpx.create_ssl_context()
 class RemoteError(Exception):
     """The other node refused or failed; carries its status and machine-readable reason."""
 
-    def __init__(self, url: str, status: int, reason: str, detail: str) -> None:
+    def __init__(self, url: str, status: int, reason: str, detail: str,
+                 body: Any = None) -> None:
         self.url = url
         self.status = status
         self.reason = reason
         self.detail = detail
+        self.body = body  # the error body, parsed (None if it was not JSON)
         super().__init__(f"{url}: {status} {reason}: {detail}")
 
 
@@ -74,7 +76,11 @@ class NodeClient:
             raise ApiError(502, "remote-unreachable", f"{url}: {exc}") from None
         if response.status_code >= 400:
             reason, detail = _reason(response)
-            raise RemoteError(url, response.status_code, reason, detail)
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            raise RemoteError(url, response.status_code, reason, detail, body)
         if not response.content:
             return None
         return json.loads(response.content)

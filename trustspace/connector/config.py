@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     evm_key_env: str = "TRUSTSPACE_EVM_KEY"  # variable holding the chain account's key (hex)
     evm_confirmations: int = Field(default=1, ge=0)
     evm_batch: bool = True  # one Merkle root per transaction instead of one per receipt
+    job_workers: int = Field(default=1, ge=0)  # in-process; `trustspace worker` adds more
+    job_wall_seconds: float = Field(default=120.0, gt=0)
+    job_cpu_seconds: int = Field(default=60, ge=1)
+    job_memory_mb: int = Field(default=1024, ge=64)
 
     @classmethod
     def settings_customise_sources(

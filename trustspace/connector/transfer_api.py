@@ -71,7 +71,8 @@ async def _handle(node: Node, caller: Caller, expected: str,
                         expected == "TransferRequestMessage":
                     refused = transfer.error(job.pid, job.consumer_pid,
                                              (job.reason or {}).get("code", "refused"),
-                                             [(job.reason or {}).get("detail", "")])
+                                             [(job.reason or {}).get("detail", "")],
+                                             job.receipt_id)
                 return _process(job), refused
 
         answer, refused = await run_in_threadpool(transaction)
@@ -213,6 +214,7 @@ async def run_job(node: Operator, agreement: Annotated[str, Body(embed=True)],
             if exc.status >= 500:
                 raise ApiError(502, exc.reason, exc.detail) from None
             refusal = (exc.reason, exc.detail)
+            answer = exc.body if isinstance(exc.body, dict) else None
 
     def record() -> dict[str, Any]:
         with node.db.transaction() as session:

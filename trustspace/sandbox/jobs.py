@@ -119,6 +119,10 @@ def requested(session: Session, pid: str, answer: Mapping[str, Any] | None, now:
         job.state = TransferState.TERMINATED.value
         job.outcome = "refused"
         job.reason = {"code": refusal[0], "detail": refusal[1]}
+        receipt = (answer or {}).get(transfer.RECEIPT)
+        job.receipt_id = receipt if isinstance(receipt, str) else None
+        job.provider_pid = str((answer or {}).get("providerPid") or "") or None
+        job.finished_at = now
     elif answer is not None:
         job.provider_pid = str(answer.get("providerPid") or job.provider_pid or "") or None
         state = answer.get("state")

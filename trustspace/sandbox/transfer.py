@@ -99,9 +99,10 @@ def termination(provider_pid: str | None, consumer_pid: str, code: str, reason: 
 
 
 def error(provider_pid: str | None, consumer_pid: str | None, code: str,
-          reason: Sequence[str]) -> dict[str, Any]:
+          reason: Sequence[str], receipt_id: str | None = None) -> dict[str, Any]:
     return _message("TransferError", providerPid=provider_pid, consumerPid=consumer_pid,
-                    code=code, reason=list(reason))
+                    code=code, reason=list(reason), **({RECEIPT: receipt_id} if receipt_id
+                                                       else {}))
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Revision ID: 0006
 Revises: 0005
-Create Date: 2026-11-26 16:02:09.223813
+Create Date: 2026-11-26 16:24:59.839792
 """
 
 from __future__ import annotations
