@@ -87,8 +87,8 @@ class JobWorker:
             self._wake.clear()
 
     def _lease(self) -> timedelta:
-        limits = self.node.settings
-        return timedelta(seconds=limits.job_wall_seconds + 60)
+        settings = self.node.settings
+        return timedelta(seconds=settings.job_lease_seconds or settings.job_wall_seconds + 60)
 
     def _claim(self) -> tuple[str, int] | None:
         with self.node.db.transaction() as session:

@@ -162,6 +162,7 @@ def view(job: Job, *, full: bool = False) -> dict[str, Any]:
         "codeDigest": job.code_digest, "approval": job.approval, "outcome": job.outcome,
         "reason": job.reason, "receiptId": job.receipt_id, "resultDigest": job.result_digest,
         "resultBytes": job.result_bytes, "attempts": job.attempts,
+        "claimedBy": job.claimed_by,
         "createdAt": iso(job.created_at),
         "finishedAt": iso(job.finished_at) if job.finished_at else None,
     }
