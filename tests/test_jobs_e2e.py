@@ -85,6 +85,9 @@ def space(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
                                {"leftOperand": "ts:codeApproval", "operator": "eq",
                                 "rightOperand": "required"}]}]}]
         provider.ok("POST", "/api/products", spec)
+        provider.stop()  # tight limits, so the attacks below end quickly
+        provider.start(env={"TRUSTSPACE_JOB_WALL_SECONDS": "6", "TRUSTSPACE_JOB_CPU_SECONDS": "3",
+                            "TRUSTSPACE_JOB_MEMORY_MB": "256", "TS_TEST_SECRET": "hunter2"})
         yield ds
 
 
@@ -224,3 +227,44 @@ def test_a_policy_refusal_and_the_operator_s_approval(space: DataSpace, tmp_path
                      == "TERMINATED" and j)
     assert final["reason"]["code"] == "refused-by-operator"
     assert "not this code" in final["reason"]["detail"]
+
+
+ATTACKS = {
+    "infinite loop": ("while True:\n    pass\n", ("cpu-limit", "timeout")),
+    "fork bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n"
+                  "    except OSError:\n        pass\n", ("timeout", "cpu-limit", "killed")),
+    "memory bomb": ("blocks = []\nwhile True:\n    blocks.append(bytearray(50_000_000))\n",
+                    ("memory-limit",)),
+    "stdout flood": ("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n",
+                     ("output-too-large",)),
+    "node key": ("print(open({key!r}).read())\n", ("failed",)),
+    "node database": ("print(open({db!r}, 'rb').read(100))\n", ("failed",)),
+    "write outside work": ("open('/job/code/evil.py', 'w').write('x')\n", ("failed",)),
+    "environment secret": ("import os, glob\n"
+                           "seen = [open(p, 'rb').read() for p in glob.glob('/proc/*/environ')]\n"
+                           "assert 'hunter2' not in str(dict(os.environ)) + str(seen)\n"
+                           "raise SystemExit('no secret in sight')\n", ("failed",)),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_attacks_end_terminated_with_a_receipt_and_leave_the_host_alone(
+        space: DataSpace, agreement: str, tmp_path: Path, attack: str) -> None:
+    provider, consumer = space.members["hospital"], space.members["insurer"]
+    script, codes = ATTACKS[attack]
+    script = script.format(key=str(provider.home / "node-key.pem"),
+                           db=str(provider.home / "node.db"))
+    before = (provider.home / "node-key.pem").read_bytes()
+    done = run(consumer, agreement, script, tmp_path)
+    assert done.returncode == 1, done.stdout
+    last = done.stderr.strip().splitlines()[-1]
+    assert any(last.startswith(f"error: {code}") for code in codes), done.stderr
+    job = consumer.ok("GET", "/api/jobs")["jobs"][0]
+    assert job["state"] == "TERMINATED" and job["reason"]["code"] in codes
+    logged = receipt(provider, job["receiptId"])
+    assert logged["kind"] == "delivery"
+    assert logged["document"]["body"]["public"]["outcome"] == "failed"
+    assert logged["document"]["body"]["public"]["resultDigest"] is None
+    assert (provider.home / "node-key.pem").read_bytes() == before
+    assert not (tmp_path / "evil.py").exists()
+    assert provider.api("GET", "/api/node").status_code == 200  # the node is fine
