@@ -16,12 +16,13 @@ def test_demo_runs_and_reports_each_proof() -> None:
                          check=False, timeout=300)
     text = out.stdout.decode()
     assert out.returncode == 0, text + out.stderr.decode()
-    total = len(demo.CRYPTO_STEPS) + 8
+    total = len(demo.CRYPTO_STEPS) + 9
     assert f"{total} of {total} checks passed" in text
     assert "✗" not in text and text.count("✓") == total
     for evidence in ("registered by the authority", "verified against the trust anchor",
                      "401 revoked", "audit summary", "signed by provider and consumer",
-                     "inclusion proof to a signed checkpoint", "audit OK", ", final"):
+                     "inclusion proof to a signed checkpoint", "audit OK", ", final",
+                     "bubblewrap sandbox", "release-refused"):
         assert evidence in text
 
 

@@ -6,6 +6,7 @@ one line of evidence or raises.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tempfile
@@ -238,6 +239,40 @@ class DataSpaceStory:
                 f"parties and the regulator; entry #{evidence['index']} of the authority's SM3 "
                 f"Merkle log, inclusion proof to a signed checkpoint of size {evidence['size']}")
 
+    def compute(self) -> str:
+        consumer = self.space.members["research-institute"]
+        script = self.space.root / "mean_sbp.py"
+        script.write_text(
+            "from trustspace.sandbox import api\n"
+            "rows = api.read_rows('bp-stats')\n"
+            "by_sex = {}\n"
+            "for r in rows:\n"
+            "    by_sex.setdefault(r['sex'], []).append(float(r['sbp']))\n"
+            "api.table('mean_sbp_by_sex', ['sex', 'mean_sbp'],\n"
+            "          [[s, sum(v) / len(v)] for s, v in sorted(by_sex.items())],\n"
+            "          counts=[len(v) for _, v in sorted(by_sex.items())], statistic='mean')\n")
+        started = time.perf_counter()
+        done = consumer.cli("run", self.agreement_id, str(script), "--purpose", "research")
+        _check(done.returncode == 0, f"job: {done.stderr}")
+        elapsed = time.perf_counter() - started
+        table = json.loads(done.stdout)["result"]["release"]["outputs"][0]
+        means = ", ".join(f"{sex} {value:.1f}" for sex, value in table["rows"])
+        leak = consumer.cli("run", self.agreement_id, str(self._raw_rows_script()),
+                            "--purpose", "research")
+        _check(leak.returncode == 1 and "release-refused" in leak.stderr, "raw rows refused")
+        return (f"code ran in hospital-a's bubblewrap sandbox, the result came back sealed to "
+                f"the institute ({elapsed:.1f} s with the CLI): mean SBP {means}; a job "
+                "returning raw rows was refused (release-refused), with a refusal receipt")
+
+    def _raw_rows_script(self) -> Path:
+        script = self.space.root / "raw_rows.py"
+        script.write_text(
+            "from trustspace.sandbox import api\n"
+            "rows = api.read_rows('bp-stats')[:20]\n"
+            "api.table('rows', ['age', 'sex', 'sbp', 'n'],\n"
+            "          [[r['age'], r['sex'], r['sbp'], 1] for r in rows], statistic='count')\n")
+        return script
+
     def refusals(self) -> str:
         hospital = self.space.members["hospital-a"]
         request = {"@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
@@ -281,6 +316,7 @@ class DataSpaceStory:
         return [("members enrolled", self.members), ("product published", self.publish),
                 ("federated search", self.search), ("catalog verified", self.verify),
                 ("contract negotiated", self.negotiate), ("receipt logged", self.receipt),
+                ("compute-to-data", self.compute),
                 ("refusals", self.refusals),
                 ("regulator", self.regulator)]
 
