@@ -16,7 +16,6 @@ import os
 import shutil
 import socket
 import tempfile
-from contextlib import suppress
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from trustspace.sandbox.errors import BundleInvalid, JobInvalid
 from trustspace.sandbox.runner import MIB, BubblewrapSandbox, Limits, Sandbox, SandboxJob
 from trustspace.sandbox.tables import Job
 
+from .background import Loop
 from .negotiation_api import me
 from .node import Node
 
@@ -51,40 +51,18 @@ log = logging.getLogger("trustspace.jobs")
 MAX_INPUT_ROWS_CHECKED = 200_000  # rows read to check that no input row is released
 
 
-class JobWorker:
+class JobWorker(Loop):
+    name = "job worker"
+
     def __init__(self, node: Node, name: str | None = None,
                  sandbox: Sandbox | None = None) -> None:
+        super().__init__()
         self.node = node
+        self.worker_id = name or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.sandbox = sandbox or BubblewrapSandbox()
-        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-        self._wake.set()
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
-
-    def kick(self) -> None:
-        self._wake.set()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                busy = await self.run_once()
-            except Exception:  # a worker survives anything one job does
-                log.exception("job worker failed")
-                busy = False
-            if busy:
-                continue
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-            self._wake.clear()
+    async def step(self) -> float:
+        return 0.0 if await self.run_once() else 1.0
 
     def _lease(self) -> timedelta:
         settings = self.node.settings
@@ -92,7 +70,7 @@ class JobWorker:
 
     def _claim(self) -> tuple[str, int] | None:
         with self.node.db.transaction() as session:
-            job = jobs.claim(session, self.name, self.node.clock(), self._lease())
+            job = jobs.claim(session, self.worker_id, self.node.clock(), self._lease())
             return None if job is None else (job.pid, job.attempts)
 
     async def run_once(self) -> bool:
@@ -115,7 +93,7 @@ class JobWorker:
     def _finish(self, pid: str, report: jobs.RunReport) -> None:
         party = me(self.node)
         with self.node.db.transaction() as session:
-            jobs.finish(session, party, pid, self.name, report, self.node.clock())
+            jobs.finish(session, party, pid, self.worker_id, report, self.node.clock())
 
     # ---- running one job ------------------------------------------------------------------
 

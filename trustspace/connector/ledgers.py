@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from contextlib import suppress
 from typing import Any
 
 import httpx
@@ -22,6 +21,7 @@ from trustspace.ledger.log import leaf_bytes
 from trustspace.ledger.tables import LogCheckpoint
 from trustspace.registry.tables import Member
 
+from .background import Loop
 from .client import TLS
 from .httpsig import CREDENTIAL_HEADER, SM2RequestAuth
 from .node import MEMBERSHIP_STATE, Node
@@ -141,40 +141,22 @@ def make_ledger(node: Node) -> Ledger:
     return LocalLedger(node)
 
 
-class WitnessPusher:
+class WitnessPusher(Loop):
     """On the authority: sends each new checkpoint to every member (witness) with a
     consistency proof from the size that witness last cosigned, and stores the cosignatures.
     A witness that refuses is logged with its reason and asked again with the next checkpoint."""
 
+    name = "witness pusher"
+
     def __init__(self, node: Node) -> None:
+        super().__init__()
         self.node = node
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._known: dict[str, int] = {}  # witness -> size it last cosigned
         self.refusals: dict[str, str] = {}  # witness -> its last refusal, for operators
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-        self._wake.set()
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
-
-    def kick(self) -> None:
-        self._wake.set()
-
-    async def _run(self) -> None:
-        while True:
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=30.0)
-            self._wake.clear()
-            try:
-                await self.push_once()
-            except Exception:
-                log.exception("witness push failed")
+    async def step(self) -> float:
+        await self.push_once()
+        return 30.0
 
     def _targets(self) -> tuple[LogCheckpoint | None, list[tuple[str, str]]]:
         with self.node.db.transaction() as session:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import suppress
 from datetime import datetime
 
 import httpx
@@ -21,6 +20,7 @@ from trustspace.ledger.backend import Evidence, Ledger, LedgerUnavailable
 from trustspace.ledger.receipts import verify_receipt
 from trustspace.ledger.tables import StoredReceipt
 
+from .background import Loop
 from .client import signed_client
 from .node import MEMBERSHIP_STATE, Node
 
@@ -31,36 +31,16 @@ BATCH = 200  # receipts per ledger submission
 RETRYABLE = {"unknown-agreement", "unknown-job", "result-pending"}
 
 
-class ReceiptWorker:
+class ReceiptWorker(Loop):
+    name = "receipt worker"
+
     def __init__(self, node: Node, ledger: Ledger) -> None:
+        super().__init__()
         self.node = node
         self.ledger = ledger
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-        self._wake.set()
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
-
-    def kick(self) -> None:
-        self._wake.set()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                delay = await self.run_once()
-            except Exception:  # the worker must survive anything one receipt does
-                log.exception("receipt worker failed")
-                delay = 1.0
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
-            self._wake.clear()
+    async def step(self) -> float:
+        return await self.run_once()
 
     async def run_once(self) -> float:
         """One pass; returns how long until something is due again."""
