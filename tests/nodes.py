@@ -3,6 +3,7 @@ fresh PostgreSQL databases that are dropped afterwards, and a small product spec
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -91,3 +92,14 @@ def product_spec(path: Path, product_id: str = "bp-stats", **overrides: Any) -> 
     }
     spec.update(overrides)
     return spec
+
+
+def wait_for(check: Any, timeout: float = 30.0, every: float = 0.05) -> Any:
+    """Poll `check` until it returns something truthy; fail the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "timed out"  # noqa: S101 - a test helper
+        time.sleep(every)

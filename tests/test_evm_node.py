@@ -5,7 +5,6 @@ back loses nothing and writes nothing twice; the regulator checks the anchors on
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.anvil import Anvil
-from tests.nodes import DataSpace, NodeProcess, dataspace, product_spec
+from tests.nodes import DataSpace, NodeProcess, dataspace, product_spec, wait_for
 from trustspace.connector.evm_ledger import chain_id
 from trustspace.connector.localspace import run_cli
 from trustspace.crypto import SM2PrivateKey
@@ -55,14 +54,6 @@ def space(tmp_path_factory: pytest.TempPathFactory, chain: Anvil,
         yield ds
 
 
-def wait_for(check: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def finalize(space: DataSpace) -> str:

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.nodes import DataSpace, dataspace, product_spec, research_offer
-from tests.test_jobs_e2e import agree, receipt, wait_for, write_visits
+from tests.nodes import DataSpace, dataspace, product_spec, research_offer, wait_for
+from tests.test_jobs_e2e import agree, receipt, write_visits
 
 pytestmark = pytest.mark.slow
 

@@ -10,14 +10,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.nodes import DataSpace, NodeProcess, dataspace, product_spec, research_offer
+from tests.nodes import DataSpace, NodeProcess, dataspace, product_spec, research_offer, wait_for
 from trustspace.crypto import SM2PrivateKey
 from trustspace.ledger.receipts import verify_receipt
 
@@ -91,14 +90,6 @@ def space(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         yield ds
 
 
-def wait_for(check: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def agree(space: DataSpace, offer: str | None = None) -> str:

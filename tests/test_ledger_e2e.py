@@ -6,7 +6,6 @@ its confidential part and no one else can; forged and conflicting receipts are r
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.nodes import DataSpace, NodeProcess, dataspace, product_spec
+from tests.nodes import DataSpace, NodeProcess, dataspace, product_spec, wait_for
 from trustspace.connector.auth import encode_credential
 from trustspace.connector.httpsig import CREDENTIAL_HEADER, sign_request
 from trustspace.connector.localspace import run_cli
@@ -60,14 +59,6 @@ def public_of(node: NodeProcess) -> SM2PublicKey:
     return key_of(node).public_key
 
 
-def wait_for(check: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def finalize(space: DataSpace) -> str:
