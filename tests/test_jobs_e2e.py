@@ -231,6 +231,9 @@ ATTACKS = {
     "node key": ("print(open({key!r}).read())\n", ("failed",)),
     "node database": ("print(open({db!r}, 'rb').read(100))\n", ("failed",)),
     "write outside work": ("open('/job/code/evil.py', 'w').write('x')\n", ("failed",)),
+    "host passwd": ("data = open('/etc/passwd').read()\nassert 'root:' not in data\n"
+                    "raise SystemExit('only the sandbox passwd')\n", ("failed",)),
+    "other product": ("print(open({other!r}).read())\n", ("failed",)),
     "environment secret": ("import os, glob\n"
                            "seen = [open(p, 'rb').read() for p in glob.glob('/proc/*/environ')]\n"
                            "assert 'hunter2' not in str(dict(os.environ)) + str(seen)\n"
@@ -244,7 +247,9 @@ def test_attacks_end_terminated_with_a_receipt_and_leave_the_host_alone(
     provider, consumer = space.members["hospital"], space.members["insurer"]
     script, codes = ATTACKS[attack]
     script = script.format(key=str(provider.home / "node-key.pem"),
-                           db=str(provider.home / "node.db"))
+                           db=str(provider.home / "node.db"),
+                           other=str(space.root / "other-product.csv"))
+    (space.root / "other-product.csv").write_text("name,phone\nZhang San,13800138000\n")
     before = (provider.home / "node-key.pem").read_bytes()
     done = run(consumer, agreement, script, tmp_path)
     assert done.returncode == 1, done.stdout
@@ -259,3 +264,23 @@ def test_attacks_end_terminated_with_a_receipt_and_leave_the_host_alone(
     assert (provider.home / "node-key.pem").read_bytes() == before
     assert not (tmp_path / "evil.py").exists()
     assert provider.api("GET", "/api/node").status_code == 200  # the node is fine
+
+
+def test_a_zip_slip_bundle_is_refused_with_a_receipt(space: DataSpace, agreement: str) -> None:
+    import base64
+    import io
+    import zipfile
+
+    provider, consumer = space.members["hospital"], space.members["insurer"]
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("main.py", "print('hello')\n")
+        z.writestr("../../../tmp/evil.py", "print('escaped')\n")
+    shown = consumer.ok("POST", "/api/jobs", {
+        "agreement": agreement, "code": base64.b64encode(archive.getvalue()).decode(),
+        "purpose": "research"})
+    final = wait_for(lambda: (j := consumer.ok("GET", f"/api/jobs/{shown['pid']}"))["state"]
+                     == "TERMINATED" and j)
+    assert final["reason"]["code"] == "code-invalid", final
+    assert receipt(provider, final["receiptId"])["kind"] == "refusal"
+    assert not Path("/tmp/evil.py").exists()  # noqa: S108 - where the archive aimed
