@@ -14,7 +14,8 @@ from alembic.migration import MigrationContext
 import trustspace.connector.tables  # noqa: F401 - registers every table
 from tests.nodes import PostgresDatabases
 from trustspace.connector.tables import NodeState
-from trustspace.db import Base, Database
+from trustspace.db import Base, Database, JSONText, insert_many
+from trustspace.ledger.tables import LogNode
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -54,6 +55,28 @@ def test_times_come_back_aware_and_in_utc(db: Database) -> None:
         assert row is not None and row.updated_at == t and row.updated_at.tzinfo == UTC
     with pytest.raises(Exception, match="naive"), db.transaction() as session:
         session.add(NodeState(key="n", value={}, updated_at=datetime(2026, 1, 1)))
+
+
+def test_insert_many_stores_what_the_orm_would(db: Database) -> None:
+    """Bulk rows come back as ORM-inserted ones would: aware UTC times, JSON values, bytes; JSON
+    text already serialised is kept as it is, byte for byte."""
+    t = datetime(2026, 11, 26, 20, 0, tzinfo=timezone(timedelta(hours=8)))
+    with db.transaction() as session:
+        insert_many(session, NodeState, ("value", "key"),  # not in the table's column order
+                    [({"x": [1, "é", None]}, "a"), (JSONText('{"y": 2,"z":[]}'), "b")],
+                    updated_at=t)
+        insert_many(session, LogNode, ("level", "idx", "hash"), [(0, 7, bytes(range(32)))])
+        insert_many(session, LogNode, ("level", "idx", "hash"), [])
+    with db.read() as session:
+        a, b = session.get(NodeState, "a"), session.get(NodeState, "b")
+        assert a is not None and b is not None
+        assert (a.value, b.value) == ({"x": [1, "é", None]}, {"y": 2, "z": []})
+        assert a.updated_at == t and a.updated_at.tzinfo == UTC
+        assert session.connection().exec_driver_sql(
+            "SELECT CAST(value AS TEXT) FROM node_state WHERE key = 'b'").scalar() == \
+            '{"y": 2,"z":[]}'
+        node = session.get(LogNode, (0, 7))
+        assert node is not None and node.hash == bytes(range(32))
 
 
 def test_a_transaction_that_fails_leaves_nothing(db: Database) -> None:

@@ -162,6 +162,16 @@ def test_appends_are_idempotent_and_proven(db: Database, space: Space) -> None:
     assert exc.value.reason == "receipt-invalid"
 
 
+def test_an_entry_keeps_the_leaf_as_its_document(db: Database, space: Space) -> None:
+    """The log stores the canonical JSON it hashed, as it is; it reads back as the document."""
+    log, docs = filled(db, space, 4)
+    with db.read() as s:
+        stored = s.connection().exec_driver_sql(
+            "SELECT CAST(document AS TEXT) FROM log_entries ORDER BY idx").scalars().all()
+        assert [text.encode() for text in stored] == [leaf_bytes(d) for d in docs]
+        assert [e.document for e in log.entries(s, 0, 4)] == [d.to_json() for d in docs]
+
+
 def test_an_untouched_log_audits_clean(db: Database, space: Space) -> None:
     log, _ = filled(db, space)
     bundle, report = audit(db, space, log)

@@ -5,7 +5,7 @@ Recipes first (`sign_document`, `verify_document`, `seal`, `open_sealed`); the p
 """
 
 from . import sm4
-from .document import SignedDocument, sign_document, verify_document
+from .document import Canonical, SignedDocument, sign_document, verify_document
 from .envelope import Envelope, open_sealed, seal
 from .errors import (
     CryptoError,
@@ -24,6 +24,7 @@ from .sm3 import SM3, hmac_sm3, hmac_sm3_verify, sm3, sm3_file, sm3_kdf, sm3_str
 __all__ = [
     "DEFAULT_USER_ID",
     "SM3",
+    "Canonical",
     "CiphertextForm",
     "CryptoError",
     "DecryptionFailed",

@@ -111,6 +111,11 @@ class SignedDocument:
     def to_bytes(self) -> bytes:
         return canonical_json(self.to_json())
 
+    def canonical(self) -> Canonical:
+        """The body's canonical JSON, computed once, for `intact` and `to_bytes` both (the
+        log needs the two for every receipt it appends)."""
+        return Canonical(self, canonical_json(self.body))
+
     @classmethod
     def from_json(cls, obj: object) -> SignedDocument:
         """Parse strictly: unknown fields, versions and algorithms are refused."""
@@ -130,6 +135,44 @@ class SignedDocument:
     @classmethod
     def from_bytes(cls, data: bytes) -> SignedDocument:
         return cls.from_json(load_json(data))
+
+
+class Canonical:
+    """`SignedDocument.intact` and `to_bytes()` from one serialisation of the body.
+
+    RFC 8785 writes an object's members in the order of their names, each value serialised as
+    it is on its own (§3.2.3). "body" sorts first among a document's members, so the canonical
+    JSON of the document, and of what its digest covers, is `{"body":` + the body's canonical
+    JSON + the rest of the object written with any other body. The body's bytes are those of
+    when `SignedDocument.canonical()` ran.
+    """
+
+    __slots__ = ("document", "body")
+
+    def __init__(self, document: SignedDocument, body: bytes) -> None:
+        self.document = document
+        self.body = body
+
+    def _splice(self, members: dict[str, Any]) -> bytes:
+        rest = canonical_json({"body": 0, **members})
+        return _BODY_KEY + self.body + rest[len(_BODY_KEY) + 1:]  # rest: {"body":0,...}
+
+    @property
+    def intact(self) -> bool:
+        """= `SignedDocument.intact`: the digest is SM3 of JCS({format, type, body})."""
+        doc = self.document
+        return "sm3:" + sm3(self._splice({"format": FORMAT, "type": doc.type})).hex() \
+            == doc.digest
+
+    def to_bytes(self) -> bytes:
+        """= `SignedDocument.to_bytes()`."""
+        doc = self.document
+        return self._splice({"digest": doc.digest, "format": FORMAT,
+                             "signatures": [s.to_json() for s in doc.signatures],
+                             "type": doc.type})
+
+
+_BODY_KEY = b'{"body":'
 
 
 def _parse_signature(entry: object) -> Signature:

@@ -13,6 +13,7 @@ import re
 from collections.abc import Set
 from typing import Any
 
+import orjson
 import rfc8785
 
 from .errors import DocumentInvalid
@@ -22,23 +23,49 @@ _NOT_PLAIN = re.compile("[\ud800-\udfff\U00010000-\U0010ffff]")  # surrogates, a
 
 
 def _plain(value: Any) -> bool:
-    """Whether `json.dumps(sort_keys=True)` writes exactly RFC 8785's bytes for `value`: no
-    floats (ECMAScript number formatting), integers within ±(2^53 - 1), keys that sort the same
-    by code point as by UTF-16 unit (no astral characters), no lone surrogates."""
+    """Whether a plain JSON writer with sorted keys writes exactly RFC 8785's bytes for
+    `value`: only dict, list, str, int, bool and None (not subclasses); no floats (ECMAScript
+    number formatting); integers within ±(2^53 - 1); keys that sort the same by code point as
+    by UTF-16 unit (no astral characters); no lone surrogates.
+
+    The hot loop of every signature and digest, so strings and numbers are checked where they
+    are met rather than pushed on the stack."""
     stack = [value]
+    pop, push, search = stack.pop, stack.append, _NOT_PLAIN.search
     while stack:
-        v = stack.pop()
+        v = pop()
         t = type(v)
-        if t is str:
-            if not v.isascii() and _NOT_PLAIN.search(v):
-                return False
-        elif t is dict:
+        if t is dict:
             for key, item in v.items():
-                if type(key) is not str or (not key.isascii() and _NOT_PLAIN.search(key)):
+                if type(key) is not str or (not key.isascii() and search(key)):
                     return False
-                stack.append(item)
+                t = type(item)
+                if t is str:
+                    if not item.isascii() and search(item):
+                        return False
+                elif t is dict or t is list:
+                    push(item)
+                elif t is int:
+                    if not -_MAX_EXACT <= item <= _MAX_EXACT:
+                        return False
+                elif item is not None and t is not bool:
+                    return False
         elif t is list:
-            stack.extend(v)
+            for item in v:
+                t = type(item)
+                if t is str:
+                    if not item.isascii() and search(item):
+                        return False
+                elif t is dict or t is list:
+                    push(item)
+                elif t is int:
+                    if not -_MAX_EXACT <= item <= _MAX_EXACT:
+                        return False
+                elif item is not None and t is not bool:
+                    return False
+        elif t is str:
+            if not v.isascii() and search(v):
+                return False
         elif t is int:
             if not -_MAX_EXACT <= v <= _MAX_EXACT:
                 return False
@@ -51,12 +78,16 @@ def canonical_json(value: Any) -> bytes:
     """RFC 8785 bytes of `value`; raises ValueError for what I-JSON cannot carry exactly
     (NaN, infinities, integers beyond ±2^53, non-string keys).
 
-    Most of what we sign (ids, digests, times, small integers) takes a fast path through the
-    standard library, which writes the same bytes for such values (checked against the
-    `rfc8785` package by property tests); anything else goes through `rfc8785`."""
+    Most of what we sign (ids, digests, times, small integers) takes a fast path through
+    `orjson` with sorted keys, which writes the same bytes for such values (checked against the
+    `rfc8785` package by property tests); anything else goes through `rfc8785`. See
+    docs/decisions/0006-canonical-json-writer.md."""
     if _plain(value):
-        return json.dumps(value, sort_keys=True, separators=(",", ":"),
-                          ensure_ascii=False).encode()
+        try:
+            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError:  # nested deeper than orjson goes (255 levels)
+            return json.dumps(value, sort_keys=True, separators=(",", ":"),
+                              ensure_ascii=False).encode()
     try:
         return rfc8785.dumps(value)
     except (rfc8785.CanonicalizationError, TypeError) as exc:

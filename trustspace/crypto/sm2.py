@@ -189,12 +189,13 @@ class SM2Ciphertext:
 class SM2PublicKey:
     """An SM2 public key: verify signatures and encrypt to its holder."""
 
-    __slots__ = ("_pkey", "_der", "_point", "_z_cache")
+    __slots__ = ("_pkey", "_der", "_point", "_key_id", "_z_cache")
 
     def __init__(self, pkey: _libcrypto.PKey, der: bytes) -> None:
         self._pkey = pkey
         self._der = der
         self._point = der[-65:]
+        self._key_id = sm3(der).hex()  # asked for on every signature a document carries
         self._z_cache: dict[bytes, bytes] = {}
 
     @classmethod
@@ -251,7 +252,7 @@ class SM2PublicKey:
     @property
     def key_id(self) -> str:
         """SM3 of the SubjectPublicKeyInfo DER, lowercase hex: names this key everywhere."""
-        return sm3(self._der).hex()
+        return self._key_id
 
     def z(self, user_id: bytes = DEFAULT_USER_ID) -> bytes:
         z = self._z_cache.get(user_id)

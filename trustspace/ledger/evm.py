@@ -31,6 +31,7 @@ Failures:
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -48,6 +49,11 @@ from web3 import HTTPProvider
 from web3.types import RPCEndpoint
 
 from .errors import ChainRejected, LedgerError, LedgerUnavailable
+
+# py_ecc (which eth_account imports) raises the recursion limit to 100 000 for its pairing code,
+# which we never call. At that limit the C JSON scanner overflows the stack on a deeply nested
+# body (SIGSEGV, the whole node down) before Python's RecursionError can fire: put it back.
+sys.setrecursionlimit(min(sys.getrecursionlimit(), 1000))
 
 __all__ = [
     "BatchEvent",

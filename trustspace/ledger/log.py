@@ -12,10 +12,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from trustspace.crypto import DocumentInvalid, SignedDocument, Signer
+from trustspace.crypto import Canonical, DocumentInvalid, SignedDocument, Signer
+from trustspace.db import JSONText, insert_many
 
 from . import merkle
 from .checkpoint import Checkpoint, SignedNote, sign_checkpoint
@@ -41,10 +42,19 @@ class Appended:
 
 Verifier = Callable[[SignedDocument], Receipt]
 
+_ENTRY_COLUMNS = ("idx", "receipt_id", "digest", "kind", "agreement_id", "product_id",
+                  "provider_id", "consumer_id", "submitter", "document")
+
 
 def leaf_bytes(document: SignedDocument) -> bytes:
     """What a log leaf holds: the receipt's canonical JSON, signatures included."""
     return document.to_bytes()
+
+
+def _entry_row(index: int, r: Receipt, digest: str, submitter: str,
+               entry: bytes) -> tuple[object, ...]:
+    return (index, r.id, digest, r.kind.value, r.agreement_id, r.public.get("productId"),
+            r.provider, r.consumer, submitter, JSONText(entry.decode()))
 
 
 class TransparencyLog:
@@ -61,64 +71,51 @@ class TransparencyLog:
         """Append receipts in order (idempotent by receipt id). `verify` checks each new one
         (signatures, parties) and raises DocumentInvalid to refuse it."""
         head = self._head(session, now)
+        size = head.size
         ids = [str(d.body.get("id")) for d in documents]
         known = {row.receipt_id: row for row in session.execute(
             select(LogEntry.receipt_id, LogEntry.digest, LogEntry.idx)
             .where(LogEntry.receipt_id.in_(ids)))}
-        out: list[Appended] = []
-        new: list[tuple[SignedDocument, Receipt]] = []
-        fresh: dict[str, str] = {}
+        placed: list[tuple[str, str, int, bool]] = []  # Appended's fields, per document
+        fresh: dict[str, tuple[str, int]] = {}  # receipt id -> (digest, index) of a new one
+        new: list[tuple[SignedDocument, Canonical, Receipt | None]] = []
         for doc, rid in zip(documents, ids, strict=True):
-            if not doc.intact:
+            canonical = doc.canonical()  # the body's JSON once, for the digest and the leaf
+            if not canonical.intact:
                 raise ReceiptRejected("receipt-invalid", f"{rid}: digest-mismatch: the body "
                                       "changed after signing")
             try:  # duplicates too: a retry must come from someone entitled to submit it
-                receipt = verify(doc) if verify else Receipt(doc)
+                receipt = verify(doc) if verify else None
             except DocumentInvalid as exc:
                 raise ReceiptRejected("receipt-invalid", f"{rid}: {exc}") from None
             seen = known.get(rid)
-            if seen is not None or rid in fresh:
-                digest = seen.digest if seen is not None else fresh[rid]
-                if digest != doc.digest:
+            # In the log already, or earlier in this batch (then reported as that one is).
+            again = fresh.get(rid) if seen is None else (seen.digest, seen.idx)
+            if again is not None:
+                if again[0] != doc.digest:
                     raise ReceiptRejected("receipt-conflict",
                                           f"{rid} is in the log with another digest")
-                out.append(Appended(rid, digest, seen.idx if seen else -1, True))
+                placed.append((rid, *again, seen is not None))
                 continue
-            fresh[rid] = doc.digest
-            new.append((doc, receipt))
-        size = head.size
+            fresh[rid] = (doc.digest, size + len(new))
+            placed.append((rid, doc.digest, size + len(new), False))
+            new.append((doc, canonical, receipt))
         if new:
-            leaves = [merkle.leaf_hash(leaf_bytes(doc), self.h) for doc, _ in new]
+            h = self.h
+            entries = [canonical.to_bytes() for _, canonical, _ in new]  # = leaf_bytes(doc)
+            leaves = [merkle.leaf_hash(entry, h) for entry in entries]
             existing = self._nodes(session, merkle.append_many_plan(size, len(leaves)))
-            added = merkle.nodes_added_many(size, leaves, existing, self.h)
-            session.execute(insert(LogEntry), [
-                {"idx": size + i, "receipt_id": r.id, "digest": doc.digest,
-                 "kind": r.kind.value, "agreement_id": r.agreement_id,
-                 "product_id": r.public.get("productId"), "provider_id": r.provider,
-                 "consumer_id": r.consumer, "submitter": submitter,
-                 "document": doc.to_json(), "logged_at": now}
-                for i, (doc, r) in enumerate(new)])
-            session.execute(insert(LogNode), [
-                {"level": level, "idx": idx, "hash": value} for level, idx, value in added])
+            added = merkle.nodes_added_many(size, leaves, existing, h)
+            # The document goes in as the canonical JSON just hashed: not serialised again, and
+            # what the column holds is the leaf.
+            insert_many(session, LogEntry, _ENTRY_COLUMNS, (
+                _entry_row(size + i, Receipt(doc) if r is None else r, doc.digest, submitter, entry)
+                for i, ((doc, _, r), entry) in enumerate(zip(new, entries, strict=True))),
+                logged_at=now)
+            insert_many(session, LogNode, ("level", "idx", "hash"), added)
             head.size = size + len(new)
             head.updated_at = now
-        index = {doc.digest: size + i for i, (doc, _) in enumerate(new)}
-        return self._in_order(documents, out, new, index)
-
-    @staticmethod
-    def _in_order(documents: Sequence[SignedDocument], seen: list[Appended],
-                  new: list[tuple[SignedDocument, Receipt]],
-                  index: dict[str, int]) -> list[Appended]:
-        by_digest = {a.digest: a for a in seen}
-        by_digest.update({doc.digest: Appended(r.id, doc.digest, index[doc.digest], False)
-                          for doc, r in new})
-        result = []
-        for doc in documents:
-            a = by_digest[doc.digest]
-            if a.index < 0:  # a duplicate within this batch
-                a = Appended(a.receipt_id, a.digest, index[a.digest], True)
-            result.append(a)
-        return result
+        return [Appended(*fields) for fields in placed]
 
     def _head(self, session: Session, now: datetime) -> LogHead:
         head = session.get(LogHead, self.origin, with_for_update=True)

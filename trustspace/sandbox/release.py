@@ -70,7 +70,6 @@ from __future__ import annotations
 import csv
 import enum
 import io
-import json
 import math
 import os
 import random
@@ -84,6 +83,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Final, NoReturn, TypeGuard
 
+from trustspace import strict_json
 from trustspace.contracts import Decision
 from trustspace.crypto import canonical_json, sm3
 from trustspace.registry.classification import RULES, Level, mask_value
@@ -465,18 +465,6 @@ class _File:
 _Output = _Aggregate | _Table | _File
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError(f"duplicate key {key!r}")
-        obj[key] = value
-    return obj
-
-
-def _no_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not a JSON number")
-
 
 def _is_number(v: object) -> TypeGuard[int | float]:
     return (isinstance(v, int) and not isinstance(v, bool)) or (
@@ -570,9 +558,8 @@ def _parse(results: Mapping[str, Any] | bytes, limit: int) -> list[_Output]:
             _refuse(Reason.TOO_LARGE, None, f"results.json is {len(results)} bytes "
                                             f"(at most {limit} are read)")
         try:
-            doc = json.loads(results, object_pairs_hook=_no_duplicates,
-                             parse_constant=_no_constant)
-        except (ValueError, UnicodeDecodeError) as exc:
+            doc = strict_json.loads(results)
+        except strict_json.JSONRefused as exc:
             _refuse(Reason.FORMAT, None, f"results.json is not JSON: {exc}")
     else:
         doc = results

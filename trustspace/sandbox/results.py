@@ -12,7 +12,6 @@ of a valid result may leave.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from trustspace import strict_json
 from trustspace.crypto import sm3_file
 
 from .errors import ResultsInvalid
@@ -93,18 +93,6 @@ class Results:
 def _fail(reason: str, output: str | None = None) -> NoReturn:
     raise ResultsInvalid(reason, output=output)
 
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError(f"duplicate key {key!r}")
-        obj[key] = value
-    return obj
-
-
-def _no_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def _number(v: object) -> bool:
@@ -242,8 +230,8 @@ def read_results(out_dir: Path, *, max_bytes: int = DEFAULT_MAX_BYTES,
     if len(data) > MAX_JSON_BYTES:
         _fail(f"results.json is {len(data)} bytes (at most {MAX_JSON_BYTES})")
     try:
-        doc = json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        doc = strict_json.loads(data)
+    except strict_json.JSONRefused as exc:
         _fail(f"results.json is not valid JSON: {exc}")
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         _fail(f"results.json must be an object of format {FORMAT}")
