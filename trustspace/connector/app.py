@@ -93,7 +93,10 @@ def create_app(settings: Settings, *, key_password: bytes | None = None,
     )
     app.state.node = node
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    jobs_limit = settings.max_job_body_bytes  # homomorphic jobs carry ciphertexts
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes,
+                       larger={"/transfers/request": jobs_limit, "/api/jobs": jobs_limit,
+                               "/transfers/[^/]+/completion": jobs_limit})
 
     @app.get("/.well-known/dspace-version", tags=["protocol"])
     def dspace_version() -> dict[str, Any]:

@@ -55,6 +55,14 @@ def run(
     if not wait:
         typer.echo(pid)
         return
+    wait_for_job(home, shown, timeout)
+    show(call(home, "GET", f"/api/jobs/{pid}/result"))
+
+
+def wait_for_job(home: Path, shown: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Follow a job until it ends (printing its states on stderr); its view once COMPLETED,
+    or NodeCommandError (exit 1) with the provider's reason when it was TERMINATED."""
+    pid = shown["pid"]
     deadline = time.monotonic() + timeout
     state = shown["state"]
     while state not in ("COMPLETED", "TERMINATED"):
@@ -69,7 +77,7 @@ def run(
     if state == "TERMINATED":
         reason = shown.get("reason") or {}
         raise NodeCommandError(f"{reason.get('code')}: {reason.get('detail')}", 1)
-    show(call(home, "GET", f"/api/jobs/{pid}/result"))
+    return shown
 
 
 @jobs_app.command("list")
@@ -93,7 +101,10 @@ def jobs_show(home: Home, pid: str) -> None:
     from trustspace.sandbox.bundle import listing
 
     code = base64.b64decode(shown.pop("code", ""))
-    shown["files"] = listing(code)
+    if shown.get("mode") == "homomorphic":  # the consumer's context and ciphertexts
+        shown["frameBytes"] = len(code)
+    else:
+        shown["files"] = listing(code)
     show(shown)
 
 
@@ -126,6 +137,9 @@ def results_save(home: Home, pid: str, out: Annotated[Path, typer.Argument()]) -
 
 
 def register(app: typer.Typer) -> None:
+    from .cli_he import he_app
+
     app.command("run")(run)
+    app.add_typer(he_app, name="he")
     app.add_typer(jobs_app, name="jobs")
     app.add_typer(results_app, name="results")

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     operator_token_digest: str  # "sm3:<hex>" of the operator's bearer token
     regulator_token_digest: str | None = None
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # Job requests (POST /transfers/request, /api/jobs): a homomorphic job's frame of up to
+    # 64 MiB of ciphertexts, in base64, in JSON.
+    max_job_body_bytes: int = Field(default=96 * 1_048_576, ge=1024)
     clock_skew_seconds: int = Field(default=300, ge=1)
     revocation_ttl_seconds: float = Field(default=30.0, ge=0)
     membership_days: int = Field(default=365, ge=1)

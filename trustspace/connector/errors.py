@@ -6,6 +6,8 @@ Catalog endpoints answer in the Dataspace Protocol's CatalogError shape; everyth
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -67,20 +69,29 @@ def install_error_handlers(app: FastAPI) -> None:
 
 class BodyLimit:
     """ASGI middleware: refuse request bodies over `limit` bytes with 413 before a handler
-    buffers them (Content-Length checked up front, chunked bodies counted as they arrive)."""
+    buffers them (Content-Length checked up front, chunked bodies counted as they arrive).
+    `larger` gives the paths that fully match a pattern a limit of their own: a homomorphic
+    job's request and result carry megabytes of ciphertexts."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, larger: Mapping[str, int] | None = None
+                 ) -> None:
         self.app = app
         self.limit = limit
+        self.larger = [(re.compile(pattern), size) for pattern, size in (larger or {}).items()]
+
+    def _limit(self, path: str) -> int:
+        return next((size for pattern, size in self.larger if pattern.fullmatch(path)),
+                    self.limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self._limit(scope.get("path", ""))
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            await self._refuse(scope, send)
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await self._refuse(scope, send, limit)
             return
         seen = 0
         started = False
@@ -90,7 +101,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     raise _TooLarge
             return message
 
@@ -104,10 +115,10 @@ class BodyLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await self._refuse(scope, send)
+                await self._refuse(scope, send, limit)
 
-    async def _refuse(self, scope: Scope, send: Send) -> None:
-        detail = f"request body larger than {self.limit} bytes"
+    async def _refuse(self, scope: Scope, send: Send, limit: int) -> None:
+        detail = f"request body larger than {limit} bytes"
         response = JSONResponse(error_body(scope.get("path", ""), "body-too-large", detail),
                                 status_code=413)
         await response(scope, _no_receive, send)

@@ -20,13 +20,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from trustspace.contracts.policy import Decision, OutputRule
 from trustspace.contracts.tables import Agreement
 from trustspace.crypto import canonical_json
 from trustspace.crypto.jcs import load_json
+from trustspace.homomorphic.errors import HomomorphicRefused
+from trustspace.registry.classification import ComputeMode
 from trustspace.registry.datasource import (
     CsvSource,
     ParquetSource,
@@ -35,8 +36,7 @@ from trustspace.registry.datasource import (
     scan_source,
 )
 from trustspace.registry.products import ProductSpec
-from trustspace.registry.tables import Product, ProductVersion
-from trustspace.sandbox import jobs, release
+from trustspace.sandbox import he_jobs, jobs, release
 from trustspace.sandbox.bundle import unpack
 from trustspace.sandbox.errors import BundleInvalid, JobInvalid
 from trustspace.sandbox.runner import MIB, BubblewrapSandbox, Limits, Sandbox, SandboxJob
@@ -103,16 +103,12 @@ class JobWorker(Loop):
             assert job is not None  # noqa: S101 - claimed a moment ago
             agreement = session.get(Agreement, job.agreement_id)
             assert agreement is not None  # noqa: S101 - checked at the request
-            row = session.execute(select(ProductVersion).join(
-                Product, Product.product_id == ProductVersion.product_id).where(
-                ProductVersion.product_id == job.dataset_id,
-                ProductVersion.data_digest == agreement.data_digest)
-                .order_by(ProductVersion.version.desc()).limit(1)).scalar()
-            if row is None:
+            spec = jobs.product_spec(session, agreement)
+            if spec is None:
                 raise LookupError(f"the data of {job.dataset_id} named by the agreement "
                                   f"({agreement.data_digest}) is no longer held")
             session.expunge(job)
-            return job, ProductSpec.from_json(row.spec)
+            return job, spec
 
     def execute(self, pid: str) -> jobs.RunReport:
         """Run a claimed job in the sandbox and decide its release (no transaction open)."""
@@ -132,11 +128,21 @@ class JobWorker(Loop):
                  ) -> jobs.RunReport:
         settings = self.node.settings
         os.chmod(workdir, 0o755)  # noqa: S103 - the sandbox's user reads the code and data
-        try:
-            entry = unpack(job.code, workdir / "code")
-        except BundleInvalid as exc:
-            return jobs.RunReport(outcome="refused", code="code-invalid", detail=str(exc),
-                                  started_at=started)
+        homomorphic = job.mode == ComputeMode.HOMOMORPHIC.value
+        entry: str | Path = ""
+        if homomorphic:
+            try:  # checked at the request already: the spec may have changed since
+                request = he_jobs.precheck(job.code, job.parameters or {}, spec,
+                                           job.decision or {})
+            except HomomorphicRefused as exc:
+                return jobs.RunReport(outcome="refused", code=he_jobs.refusal_code(exc.reason),
+                                      detail=exc.detail, started_at=started)
+        else:
+            try:
+                entry = unpack(job.code, workdir / "code")
+            except BundleInvalid as exc:
+                return jobs.RunReport(outcome="refused", code="code-invalid", detail=str(exc),
+                                      started_at=started)
         data = materialize(spec, workdir / "data")
         size = data.stat().st_size
         copy: CsvSource | ParquetSource | SqlSource = spec.source
@@ -155,6 +161,13 @@ class JobWorker(Loop):
         limits = Limits(cpu_seconds=settings.job_cpu_seconds,
                         wall_seconds=settings.job_wall_seconds,
                         memory_bytes=settings.job_memory_mb * MIB)
+        if homomorphic:
+            try:
+                return he_jobs.run(self.sandbox, request, data, spec, job.decision or {},
+                                   workdir, limits, started)
+            except HomomorphicRefused as exc:
+                return jobs.RunReport(outcome="refused", code=he_jobs.refusal_code(exc.reason),
+                                      detail=exc.detail, started_at=started, input_bytes=size)
         try:
             ran = self.sandbox.run(SandboxJob(workdir / "code", entry, {spec.id: data},
                                               job.parameters, limits), workdir / "run")

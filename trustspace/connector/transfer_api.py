@@ -257,8 +257,11 @@ def job_result(pid: str, node: Operator) -> dict[str, Any]:
             raise ApiError(404, "unknown-job", pid)
         if job.result is None:
             raise ApiError(409, "no-result", f"job {pid} is {job.state}, with no result")
-        sealed, digest = job.result, job.result_digest
+        sealed, digest, mode = job.result, job.result_digest, job.mode
     plain = open_sealed(Envelope.from_json(sealed), node.key, pid.encode())
+    if mode == ComputeMode.HOMOMORPHIC.value:  # ciphertexts: `trustspace he` decrypts them
+        return {"pid": pid, "resultDigest": digest,
+                "encrypted": base64.b64encode(plain).decode()}
     return {"pid": pid, "resultDigest": digest, "result": load_json(plain)}
 
 

@@ -4,7 +4,14 @@ Pure library: context and ciphertext checks, the fixed program catalog and its l
 and the consumer's helpers. The job protocol, receipts and worker processes build on these.
 """
 
-from .consumer import PrivateContext, decrypt_result, encrypt_inputs, new_context
+from .consumer import (
+    PrivateContext,
+    decrypt_result,
+    encrypt_inputs,
+    export_private,
+    import_private,
+    new_context,
+)
 from .context import PublicContext, ciphertext_byte_limit, load_ciphertext, load_public_context
 from .errors import HomomorphicRefused, RefusalReason
 from .params import MAX_COEFF_MODULUS_BITS_128, ContextParams, Scheme, check_security
@@ -37,7 +44,9 @@ __all__ = [
     "ciphertext_byte_limit",
     "decrypt_result",
     "encrypt_inputs",
+    "export_private",
     "expected_inputs",
+    "import_private",
     "load_ciphertext",
     "load_public_context",
     "new_context",

@@ -45,6 +45,18 @@ def new_context(program: str | Program) -> tuple[PrivateContext, bytes]:
     return PrivateContext(prog, params, ctx), public
 
 
+def export_private(ctx: PrivateContext) -> bytes:
+    """The context with its secret key, for the consumer's own disk (`import_private`)."""
+    return ctx.ts.serialize(secret_key=True, galois_keys=False, relin_keys=False)
+
+
+def import_private(program: str, data: bytes) -> PrivateContext:
+    params, has_secret = _tenseal.peek_context(data)
+    if not has_secret:
+        raise ValueError("this context has no secret key: it cannot decrypt")
+    return PrivateContext(CATALOG[program], params, _tenseal.context_from(data))
+
+
 def encrypt_inputs(
     ctx: PrivateContext,
     *,

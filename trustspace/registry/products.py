@@ -25,7 +25,11 @@ The spec (a JSON object; no other member is allowed, strings are never coerced):
      "modes": ["sandbox" | "federated" | "homomorphic", ...],   # non-empty, no repeats
      "offers": [{"@id"?: "...", "permission"?: [...], "prohibition"?: [...],
                  "obligation"?: [...], ...}],        # optional, at most 64 ODRL policies
-     "approval_required": true | false}  # optional; false for general data, true otherwise
+     "approval_required": true | false,  # optional; false for general data, true otherwise
+     "homomorphic": {"programs": ["column_sums", ...],  # optional: the homomorphic catalog
+                     "columns": ["..."],                # programs and numeric columns the
+                     "per_row": false,                  # operator enables; per-row results
+                     "noise_std": 0.0}}                 # and noise on released aggregates
 
 - ``id``: a slug (``[a-z0-9]+(-[a-z0-9]+)*``, at most 64 characters) or a URN (RFC 8141
   ``urn:<nid>:<nss>`` with a lowercase NID, no ``?``/``#`` components, at most 200 characters).
@@ -41,6 +45,9 @@ The spec (a JSON object; no other member is allowed, strings are never coerced):
 - ``offers`` are ODRL policies, checked for their shape only: an object with at least one of
   ``permission``/``prohibition``/``obligation``, each a list of objects, an optional non-empty
   string ``@id`` (unique among the offers), and a canonical JSON form (RFC 8785).
+- ``homomorphic``: without it a homomorphic job is refused whatever the agreement says (fail
+  closed). Programs must be in `trustspace.homomorphic.CATALOG`, columns declared ``integer`` or
+  ``number`` columns; per-row programs (scores, row selections) need ``per_row``.
 - ``approval_required``: when it is absent the level's default applies (true for important and
   core data, `classification.RULES`); an explicit false on such data is refused.
 
@@ -214,6 +221,7 @@ class ProductSpec(BaseModel):
     modes: tuple[ComputeMode, ...] = Field(min_length=1)
     offers: tuple[dict[str, JsonValue], ...] = Field(default=(), max_length=64)
     approval_required: bool = Field(default=False, validate_default=True)
+    homomorphic: HomomorphicOffer | None = None
 
     # ---- construction ----------------------------------------------------------------------
 
@@ -242,7 +250,10 @@ class ProductSpec(BaseModel):
     def to_json(self) -> dict[str, Any]:
         """The JSON form; ``ProductSpec.from_json(spec.to_json()) == spec``. It includes the
         source (and a SQL source's URL): it is the provider's, not for the public catalog."""
-        return self.model_dump(mode="json")
+        shown = self.model_dump(mode="json")
+        if shown["homomorphic"] is None:  # absent, as in specs from before the field existed
+            del shown["homomorphic"]
+        return shown
 
     # ---- field rules -----------------------------------------------------------------------
 
@@ -344,6 +355,26 @@ class ProductSpec(BaseModel):
                 raise _error("classification-forbids", exc.detail, exc.at, exc.rule) from None
         return offers
 
+    @field_validator("homomorphic")
+    @classmethod
+    def _check_homomorphic(cls, offer: HomomorphicOffer | None,
+                           info: ValidationInfo) -> HomomorphicOffer | None:
+        if offer is None:
+            return offer
+        from trustspace.homomorphic.programs import CATALOG  # only for specs that need it
+
+        for i, name in enumerate(offer.programs):
+            if name not in CATALOG:
+                raise _error("malformed", f"unknown homomorphic program {name!r} (known: "
+                                          f"{', '.join(sorted(CATALOG))})", ("programs", i))
+        columns: tuple[Column, ...] = info.data.get("columns") or ()
+        numeric = {c.name for c in columns if c.type in (ColumnType.INTEGER, ColumnType.NUMBER)}
+        for i, name in enumerate(offer.columns):
+            if name not in numeric:
+                raise _error("malformed", f"{name!r} is not an integer or number column",
+                             ("columns", i))
+        return offer
+
     @field_validator("approval_required")
     @classmethod
     def _check_approval(cls, value: bool, info: ValidationInfo) -> bool:
@@ -354,6 +385,17 @@ class ProductSpec(BaseModel):
             except ClassificationForbids as exc:
                 raise _error("classification-forbids", exc.detail, exc.at, exc.rule) from None
         return value
+
+
+class HomomorphicOffer(BaseModel):
+    """What the provider's operator enables of the homomorphic catalog for this product."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    programs: tuple[str, ...] = Field(min_length=1, max_length=32)
+    columns: tuple[str, ...] = Field(min_length=1, max_length=500)
+    per_row: bool = False
+    noise_std: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
 
 
 def _check_offer_shape(offer: dict[str, JsonValue], i: int, ids: set[str]) -> None:

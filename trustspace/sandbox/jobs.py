@@ -37,15 +37,20 @@ from trustspace.crypto import (
     sm3,
     verify_document,
 )
+from trustspace.homomorphic.errors import HomomorphicRefused, RefusalReason
 from trustspace.ledger import receipts, store
 from trustspace.registry.classification import ComputeMode
 from trustspace.registry.credentials import Membership, iso
+from trustspace.registry.products import ProductSpec
+from trustspace.registry.tables import ProductVersion
 
 from . import transfer
 from .tables import Job
 from .transfer import TransferInvalid, TransferState
 
 MAX_CODE_BYTES = 512 * 1024
+# A homomorphic job's "code" is the consumer's public context and ciphertexts (he_jobs).
+MAX_HE_REQUEST_BYTES = 64 * 1024 * 1024
 MAX_ATTEMPTS = 2  # a job whose worker died is run once more, then failed
 
 
@@ -59,6 +64,10 @@ class JobRefused(TransferInvalid):
 
 def digest_of(value: Any) -> str:
     return receipts.digest_of(value)
+
+
+def max_code_bytes(mode: str) -> int:
+    return MAX_HE_REQUEST_BYTES if mode == ComputeMode.HOMOMORPHIC.value else MAX_CODE_BYTES
 
 
 def _code_digest(code: bytes) -> str:
@@ -88,8 +97,9 @@ def request_job(session: Session, me: Me, *, agreement_id: str, provider_url: st
     if agreement is None or agreement.role != "consumer" or agreement.consumer_id != \
             me.participant_id:
         raise TransferInvalid(404, "unknown-agreement", f"no agreement {agreement_id} of ours")
-    if len(code) > MAX_CODE_BYTES:
-        raise TransferInvalid(413, "code-too-large", f"the code bundle exceeds {MAX_CODE_BYTES}")
+    if len(code) > max_code_bytes(mode.value):
+        raise TransferInvalid(413, "code-too-large",
+                              f"the code bundle exceeds {max_code_bytes(mode.value)} bytes")
     pid = f"urn:uuid:{uuid.uuid4()}"
     body = {"consumerPid": pid, "agreementId": agreement_id,
             "agreementDigest": agreement.digest, "provider": agreement.provider_id,
@@ -193,11 +203,14 @@ def _theirs(session: Session, pid: str, sender: Membership, msg: transfer.Parsed
 # ---- provider ---------------------------------------------------------------------------------
 
 REFUSAL_CODES = {"policy-denied", "uses-exhausted", "refused-by-operator", "release-refused",
-                 "mode-unsupported"}
+                 "mode-unsupported",
+                 # homomorphic refusals (he_jobs.refusal_code)
+                 *("he-" + r.value.replace("_", "-") for r in RefusalReason)}
+RUNS: tuple[ComputeMode, ...] = (ComputeMode.SANDBOX, ComputeMode.HOMOMORPHIC)
 
 
 def on_request(session: Session, me: Me, sender: Membership, msg: transfer.Parsed,
-               now: datetime, modes: Sequence[ComputeMode] = (ComputeMode.SANDBOX,)) -> Job:
+               now: datetime, modes: Sequence[ComputeMode] = RUNS) -> Job:
     """A consumer asks to run code under an agreement. Idempotent by (consumer, consumerPid)."""
     consumer_pid = str(msg.consumer_pid)
     known = session.scalar(select(Job).where(
@@ -215,8 +228,9 @@ def on_request(session: Session, me: Me, sender: Membership, msg: transfer.Parse
         code = base64.urlsafe_b64decode(msg.text(transfer.CODE))
     except ValueError:
         raise TransferInvalid(400, "malformed", f"{transfer.CODE} is not base64url") from None
-    if len(code) > MAX_CODE_BYTES:
-        raise TransferInvalid(413, "code-too-large", f"the code bundle exceeds {MAX_CODE_BYTES}")
+    limit = max_code_bytes(fmt.removeprefix(transfer.FORMAT_PREFIX))
+    if len(code) > limit:
+        raise TransferInvalid(413, "code-too-large", f"the code bundle exceeds {limit} bytes")
     try:
         doc = verify_document(msg.object(transfer.JOB_REQUEST), [sender.public_key],
                               expected_type=transfer.JOB_REQUEST_TYPE,
@@ -264,11 +278,40 @@ def on_request(session: Session, me: Me, sender: Membership, msg: transfer.Parse
         _refuse(session, me, job, agreement, "policy-denied",
                 f"{decision.reason} ({decision.path})", now)
         return job
+    if job.mode == ComputeMode.HOMOMORPHIC.value:
+        problem = _he_precheck(session, job, agreement)
+        if problem is not None:
+            _refuse(session, me, job, agreement, *problem, now)
+            return job
     if decision.approval_required:
         job.approval = "pending"
         return job
     _queue(session, me, job, agreement, decision, now)
     return job
+
+
+def product_spec(session: Session, agreement: Agreement) -> ProductSpec | None:
+    """The product's spec at the version whose data the agreement names, if still held."""
+    row = session.execute(select(ProductVersion).where(
+        ProductVersion.product_id == agreement.dataset_id,
+        ProductVersion.data_digest == agreement.data_digest)
+        .order_by(ProductVersion.version.desc()).limit(1)).scalar()
+    return None if row is None else ProductSpec.from_json(row.spec)
+
+
+def _he_precheck(session: Session, job: Job, agreement: Agreement) -> tuple[str, str] | None:
+    """A homomorphic request's checks that need no TenSEAL (he_jobs.precheck), at once, so
+    the consumer hears of a refusal in the answer to its request."""
+    from .he_jobs import precheck, refusal_code
+
+    spec = product_spec(session, agreement)
+    if spec is None:
+        return "he-program-not-allowed", f"the data of {job.dataset_id} is no longer held"
+    try:
+        precheck(job.code, job.parameters or {}, spec, job.decision or {})
+    except HomomorphicRefused as exc:
+        return refusal_code(exc.reason), exc.detail
+    return None
 
 
 def _queue(session: Session, me: Me, job: Job, agreement: Agreement, decision: Decision,
