@@ -17,6 +17,7 @@ import pytest
 import statsmodels.api as sm
 
 from tests.nodes import DataSpace, NodeProcess, dataspace, product_spec, research_offer, wait_for
+from tests.test_homomorphic import unsafe_context_bytes
 from trustspace.crypto import SM2PrivateKey, sm3
 from trustspace.homomorphic import SIGMOID_DEG3, encrypt_inputs, new_context
 from trustspace.homomorphic._tenseal import new_ckks
@@ -218,12 +219,20 @@ def _send(node: NodeProcess, agreement: str, program: str, blobs: list[bytes],
                          == "TERMINATED" and j, timeout=120))
 
 
-def test_a_context_with_its_secret_key_is_refused_in_the_sandbox(
-        space: DataSpace, per_row: str) -> None:
+def _secret_context() -> bytes:
     private = new_ckks(8192, (60, 40, 40, 60), 40, galois=False)
-    leaked = private.serialize(secret_key=True, galois_keys=False, relin_keys=False)
-    job = _send(space.members["bank"], per_row, "column_sums", [leaked])
-    assert job["reason"]["code"] == "he-secret-key" and job["outcome"] == "refused"
+    return private.serialize(secret_key=True, galois_keys=False, relin_keys=False)
+
+
+@pytest.mark.parametrize(("context", "code"), [
+    (_secret_context, "he-secret-key"),
+    (lambda: unsafe_context_bytes(2048, [30, 24]), "he-insecure-parameters"),
+    (lambda: unsafe_context_bytes(8192, [60, 60, 60, 60]), "he-insecure-parameters"),  # 240 > 218
+], ids=["secret-key", "degree-2048", "modulus-above-128-bit-cap"])
+def test_unsafe_contexts_are_refused_in_the_sandbox(space: DataSpace, per_row: str,
+                                                    context: Any, code: str) -> None:
+    job = _send(space.members["bank"], per_row, "column_sums", [context()])
+    assert job["reason"]["code"] == code and job["outcome"] == "refused", job["reason"]
 
 
 def test_a_ciphertext_of_the_wrong_context_is_refused(space: DataSpace, per_row: str) -> None:
