@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     # How long a worker holds a job before another may take it over (it died): by default
     # the job's wall-clock limit plus a minute, so a live worker never loses its job.
     job_lease_seconds: float | None = Field(default=None, gt=0)
+    # How often a separate `trustspace worker` looks for new jobs when idle (the workers inside
+    # `serve` are woken at once): one indexed query per worker each time.
+    job_poll_seconds: float = Field(default=0.1, gt=0)
 
     @classmethod
     def settings_customise_sources(

@@ -55,14 +55,17 @@ class JobWorker(Loop):
     name = "job worker"
 
     def __init__(self, node: Node, name: str | None = None,
-                 sandbox: Sandbox | None = None) -> None:
+                 sandbox: Sandbox | None = None, idle_seconds: float = 1.0) -> None:
         super().__init__()
         self.node = node
+        # How long an idle worker waits before it looks for work again. In `serve` a new job
+        # kicks the workers at once; a separate `trustspace worker` learns of it only by looking.
+        self.idle_seconds = idle_seconds
         self.worker_id = name or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.sandbox = sandbox or BubblewrapSandbox()
 
     async def step(self) -> float:
-        return 0.0 if await self.run_once() else 1.0
+        return 0.0 if await self.run_once() else self.idle_seconds
 
     def _lease(self) -> timedelta:
         settings = self.node.settings
@@ -265,8 +268,8 @@ def materialize(spec: ProductSpec, folder: Path) -> Path:
 class JobPool:
     """`count` job workers in this process, started and kicked together."""
 
-    def __init__(self, node: Node, count: int) -> None:
-        self.workers = [JobWorker(node) for _ in range(count)]
+    def __init__(self, node: Node, count: int, idle_seconds: float = 1.0) -> None:
+        self.workers = [JobWorker(node, idle_seconds=idle_seconds) for _ in range(count)]
 
     def start(self) -> None:
         for worker in self.workers:
@@ -290,7 +293,7 @@ async def run_workers(node: Node, count: int) -> None:
 
     node.outbox = OutboxSender(node)
     node.receipts = ReceiptWorker(node, make_ledger(node))
-    node.jobs = JobPool(node, count)
+    node.jobs = JobPool(node, count, node.settings.job_poll_seconds)
     node.outbox.start()
     node.receipts.start()
     node.jobs.start()
