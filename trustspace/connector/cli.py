@@ -217,11 +217,13 @@ def decrypt(
 
 
 @app.command()
-def demo() -> None:
-    """Run the crypto self-check and demo; exit 0 only if every check passed."""
+def demo(keep: Annotated[bool, typer.Option(
+        "--keep", help="Leave the data space running afterwards, to explore (Ctrl-C stops it).")
+        ] = False) -> None:
+    """Run the crypto self-check and the data-space story; exit 0 only if every check passed."""
     from trustspace.connector.demo import run
 
-    raise typer.Exit(0 if run() else EXIT_REFUSED)
+    raise typer.Exit(0 if run(keep=keep) else EXIT_REFUSED)
 
 
 def main() -> None:

@@ -137,9 +137,11 @@ def results_save(home: Home, pid: str, out: Annotated[Path, typer.Argument()]) -
 
 
 def register(app: typer.Typer) -> None:
+    from .cli_fl import fl_app
     from .cli_he import he_app
 
     app.command("run")(run)
     app.add_typer(he_app, name="he")
+    app.add_typer(fl_app, name="fl")
     app.add_typer(jobs_app, name="jobs")
     app.add_typer(results_app, name="results")

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     job_wall_seconds: float = Field(default=120.0, gt=0)
     job_cpu_seconds: int = Field(default=60, ge=1)
     job_memory_mb: int = Field(default=1024, ge=64)
+    # A federated job's SuperNode serves the consumer's run for at most this long.
+    fl_wall_seconds: float = Field(default=900.0, gt=0)
     # How long a worker holds a job before another may take it over (it died): by default
     # the job's wall-clock limit plus a minute, so a live worker never loses its job.
     job_lease_seconds: float | None = Field(default=None, gt=0)

@@ -26,6 +26,7 @@ from trustspace.contracts.policy import Decision, OutputRule
 from trustspace.contracts.tables import Agreement
 from trustspace.crypto import canonical_json
 from trustspace.crypto.jcs import load_json
+from trustspace.federated.policy import FederatedRefused
 from trustspace.homomorphic.errors import HomomorphicRefused
 from trustspace.registry.classification import ComputeMode
 from trustspace.registry.datasource import (
@@ -36,7 +37,7 @@ from trustspace.registry.datasource import (
     scan_source,
 )
 from trustspace.registry.products import ProductSpec
-from trustspace.sandbox import he_jobs, jobs, release
+from trustspace.sandbox import fl_jobs, he_jobs, jobs, release
 from trustspace.sandbox.bundle import unpack
 from trustspace.sandbox.errors import BundleInvalid, JobInvalid
 from trustspace.sandbox.runner import MIB, BubblewrapSandbox, Limits, Sandbox, SandboxJob
@@ -69,7 +70,8 @@ class JobWorker(Loop):
 
     def _lease(self) -> timedelta:
         settings = self.node.settings
-        return timedelta(seconds=settings.job_lease_seconds or settings.job_wall_seconds + 60)
+        longest = max(settings.job_wall_seconds, settings.fl_wall_seconds)
+        return timedelta(seconds=settings.job_lease_seconds or longest + 60)
 
     def _claim(self) -> tuple[str, int] | None:
         with self.node.db.transaction() as session:
@@ -132,8 +134,15 @@ class JobWorker(Loop):
         settings = self.node.settings
         os.chmod(workdir, 0o755)  # noqa: S103 - the sandbox's user reads the code and data
         homomorphic = job.mode == ComputeMode.HOMOMORPHIC.value
+        federated = job.mode == ComputeMode.FEDERATED.value
         entry: str | Path = ""
-        if homomorphic:
+        if federated:
+            try:
+                fl_request = fl_jobs.precheck(job.code, job.parameters or {}, spec)
+            except FederatedRefused as exc:
+                return jobs.RunReport(outcome="refused", code=fl_jobs.refusal_code(exc.reason),
+                                      detail=exc.detail, started_at=started)
+        elif homomorphic:
             try:  # checked at the request already: the spec may have changed since
                 request = he_jobs.precheck(job.code, job.parameters or {}, spec,
                                            job.decision or {})
@@ -164,6 +173,9 @@ class JobWorker(Loop):
         limits = Limits(cpu_seconds=settings.job_cpu_seconds,
                         wall_seconds=settings.job_wall_seconds,
                         memory_bytes=settings.job_memory_mb * MIB)
+        if federated:
+            return fl_jobs.serve(settings.home, job.pid, me(self.node).participant_id,
+                                 fl_request, data, workdir, settings.fl_wall_seconds, started)
         if homomorphic:
             try:
                 return he_jobs.run(self.sandbox, request, data, spec, job.decision or {},

@@ -8,7 +8,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,7 @@ class LocalNode:
     def log(self) -> Path:
         return self.home / "serve.log"
 
-    def start(self, env: dict[str, str] | None = None, timeout: float = 30) -> None:
+    def start(self, env: dict[str, str] | None = None, timeout: float = 60) -> None:
         with self.log.open("ab") as out:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(  # noqa: S603 - our own CLI, argument list
                 [sys.executable, "-m", "trustspace", "serve", "--home", str(self.home)],
@@ -129,6 +130,12 @@ class LocalDataSpace:
         if node.ok("POST", "/api/enrol/refresh")["member"] is not True:
             raise LocalNodeError(f"{name} did not receive its credential")
         return node
+
+    def add_members(self, wanted: Sequence[tuple[str, str]]) -> list[LocalNode]:
+        """`add_member` for each (name, roles), started side by side (a node's start is mostly
+        its interpreter importing; the authority approves one at a time)."""
+        with ThreadPoolExecutor(max_workers=len(wanted) or 1) as pool:
+            return list(pool.map(lambda w: self.add_member(*w), wanted))
 
     def stop(self) -> None:
         for node in [*self.members.values(), self.authority]:

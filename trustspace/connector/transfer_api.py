@@ -18,9 +18,10 @@ from starlette.concurrency import run_in_threadpool
 from trustspace.contracts.tables import Agreement, Negotiation
 from trustspace.crypto import Envelope, open_sealed
 from trustspace.crypto.jcs import load_json
+from trustspace.federated.keys import BindingInvalid, verify_binding
 from trustspace.registry.classification import ComputeMode
-from trustspace.registry.credentials import iso
-from trustspace.sandbox import jobs, transfer
+from trustspace.registry.credentials import CredentialInvalid, iso, verify_membership
+from trustspace.sandbox import fl_jobs, jobs, transfer
 from trustspace.sandbox.tables import Job
 from trustspace.sandbox.transfer import TransferInvalid, TransferState
 
@@ -28,7 +29,7 @@ from .auth import Caller, member, node_of, operator
 from .client import NodeClient, RemoteError
 from .errors import ApiError
 from .negotiation_api import me
-from .node import Node
+from .node import MEMBERSHIP_STATE, Node
 
 router = APIRouter(prefix="/transfers", tags=["protocol: transfers (jobs)"])
 manage = APIRouter(prefix="/api/jobs", tags=["management: jobs"])
@@ -54,7 +55,8 @@ def _kick(node: Node) -> None:
 
 async def _handle(node: Node, caller: Caller, expected: str,
                   work: Callable[[Session, transfer.Parsed], Job],
-                  status: int = 200) -> JSONResponse:
+                  status: int = 200,
+                  extra: Callable[[Job], dict[str, Any]] | None = None) -> JSONResponse:
     parsed: transfer.Parsed | None = None
     try:
         try:
@@ -73,7 +75,10 @@ async def _handle(node: Node, caller: Caller, expected: str,
                                              (job.reason or {}).get("code", "refused"),
                                              [(job.reason or {}).get("detail", "")],
                                              job.receipt_id)
-                return _process(job), refused
+                answer = _process(job)
+                if refused is None and extra is not None:
+                    answer.update(extra(job))
+                return answer, refused
 
         answer, refused = await run_in_threadpool(transaction)
     except TransferInvalid as exc:
@@ -100,8 +105,17 @@ async def transfer_request(request: Request,
     """A consumer asks to run code under an agreement (format ts:compute+<mode>)."""
     node = node_of(request)
     party = me(node)
+
+    def supernode(job: Job) -> dict[str, Any]:
+        # A federated job's answer names the SuperNode key this node will connect with.
+        if job.mode != ComputeMode.FEDERATED.value or TransferState(job.state).final:
+            return {}
+        return {fl_jobs.SUPERNODE: fl_jobs.supernode_binding(
+            node.settings.home, job.pid, party.participant_id, node.key,
+            node.state(MEMBERSHIP_STATE))}
+
     return await _handle(node, caller, "TransferRequestMessage", lambda s, m: jobs.on_request(
-        s, party, caller.membership, m, node.clock()), status=201)
+        s, party, caller.membership, m, node.clock()), status=201, extra=supernode)
 
 
 @router.get("/{pid}")
@@ -126,8 +140,12 @@ async def transfer_start(pid: str, request: Request, caller: AnyMember) -> JSONR
 @router.post("/{pid}/completion")
 async def transfer_completion(pid: str, request: Request, caller: AnyMember) -> JSONResponse:
     node = node_of(request)
-    if _role_of(node, pid) != "consumer":
-        return _error(TransferInvalid(400, "unsupported", "the provider completes its jobs"))
+    role = _role_of(node, pid)
+    if role == "provider":  # only the consumer of a federated job says when its run ended
+        return await _handle(node, caller, "TransferCompletionMessage",
+                             lambda s, m: _federated_done(node, s, caller, m, pid))
+    if role != "consumer":
+        return _error(TransferInvalid(404, "unknown-transfer", f"no transfer {pid}"))
     party = me(node)
 
     def opener(sealed: dict[str, Any], aad: bytes) -> bytes:
@@ -139,6 +157,21 @@ async def transfer_completion(pid: str, request: Request, caller: AnyMember) -> 
     return await _handle(node, caller, "TransferCompletionMessage",
                          lambda s, m: jobs.on_completion(s, party, caller.membership, m, pid,
                                                          node.clock(), opener))
+
+
+def _federated_done(node: Node, session: Session, caller: Caller, msg: transfer.Parsed,
+                    pid: str) -> Job:
+    job = session.get(Job, pid)
+    if job is None or job.role != "provider" or job.counterparty_id != caller.participant_id \
+            or msg.consumer_pid != job.consumer_pid:
+        raise TransferInvalid(404, "unknown-transfer", f"no transfer {pid} with you")
+    if job.mode != ComputeMode.FEDERATED.value:
+        raise TransferInvalid(400, "unsupported", "the provider completes its jobs")
+    summary = msg.body.get(transfer.SUMMARY)
+    if not isinstance(summary, dict):
+        raise TransferInvalid(400, "malformed", f"{transfer.SUMMARY} must be an object")
+    fl_jobs.consumer_done(node.settings.home, pid, summary)
+    return job
 
 
 @router.post("/{pid}/termination")
@@ -221,7 +254,50 @@ async def run_job(node: Operator, agreement: Annotated[str, Body(embed=True)],
         with node.db.transaction() as session:
             return view(jobs.requested(session, pid, answer, node.clock(), refusal))
 
-    return await run_in_threadpool(record)
+    shown = await run_in_threadpool(record)
+    if compute_mode is ComputeMode.FEDERATED and refusal is None:
+        shown["superNode"] = _checked_supernode(node, answer or {}, shown["counterparty"])
+    return shown
+
+
+def _checked_supernode(node: Node, answer: dict[str, Any], provider_id: str) -> dict[str, Any]:
+    """The provider's SuperNode key, checked: its membership credential against the trust
+    anchor, then its SM2 binding of the key."""
+    offered = answer.get(fl_jobs.SUPERNODE)
+    if not isinstance(offered, dict):
+        raise ApiError(502, "no-supernode", "the provider named no SuperNode key")
+    try:
+        membership = verify_membership(offered.get("credential") or {}, node.authority_key,
+                                       now=node.clock(), is_revoked=node.is_revoked)
+        if membership.participant_id != provider_id:
+            raise CredentialInvalid("wrong-participant", "the credential is another's")
+        verify_binding(offered.get("binding") or {}, provider_id, membership.public_key)
+    except (CredentialInvalid, BindingInvalid) as exc:
+        raise ApiError(502, "supernode-key-invalid", str(exc)) from None
+    return {"binding": offered["binding"],
+            "providerKey": membership.public_key.to_pem().decode()}
+
+
+@manage.post("/{pid}/federated-done")
+async def federated_done(pid: str, node: Operator,
+                         summary: Annotated[dict[str, Any], Body(embed=True)]
+                         ) -> dict[str, Any]:
+    """As consumer: the training run of federated job `pid` ended; tell its provider, which
+    stops its SuperNode and completes the job with its delivery receipt."""
+    def send() -> dict[str, Any]:
+        with node.db.transaction() as session:
+            job = session.get(Job, pid)
+            if job is None or job.role != "consumer" or job.mode != "federated" or \
+                    job.provider_pid is None:
+                raise ApiError(404, "unknown-job", f"no federated job {pid} of ours")
+            message = transfer.run_ended(job.provider_pid, pid, summary)
+            jobs.send(session, job, f"/transfers/{job.provider_pid}/completion", message,
+                      node.clock())
+            return view(job)
+
+    shown = await run_in_threadpool(send)
+    _kick(node)
+    return shown
 
 
 @manage.get("")

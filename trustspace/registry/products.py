@@ -48,6 +48,9 @@ The spec (a JSON object; no other member is allowed, strings are never coerced):
 - ``homomorphic``: without it a homomorphic job is refused whatever the agreement says (fail
   closed). Programs must be in `trustspace.homomorphic.CATALOG`, columns declared ``integer`` or
   ``number`` columns; per-row programs (scores, row selections) need ``per_row``.
+- ``federated``: ``{"max_rounds": 10, "min_clients": 2, "dp_min_noise_multiplier": null,
+  "dp_max_clipping_norm": null, "secagg": false, "approved_apps": ["sm3:..."]}``, every field
+  optional; without it a federated job is refused.
 - ``approval_required``: when it is absent the level's default applies (true for important and
   core data, `classification.RULES`); an explicit false on such data is refused.
 
@@ -222,6 +225,7 @@ class ProductSpec(BaseModel):
     offers: tuple[dict[str, JsonValue], ...] = Field(default=(), max_length=64)
     approval_required: bool = Field(default=False, validate_default=True)
     homomorphic: HomomorphicOffer | None = None
+    federated: FederatedOffer | None = None
 
     # ---- construction ----------------------------------------------------------------------
 
@@ -251,8 +255,9 @@ class ProductSpec(BaseModel):
         """The JSON form; ``ProductSpec.from_json(spec.to_json()) == spec``. It includes the
         source (and a SQL source's URL): it is the provider's, not for the public catalog."""
         shown = self.model_dump(mode="json")
-        if shown["homomorphic"] is None:  # absent, as in specs from before the field existed
-            del shown["homomorphic"]
+        for section in ("homomorphic", "federated"):  # absent, as in specs from before them
+            if shown[section] is None:
+                del shown[section]
         return shown
 
     # ---- field rules -----------------------------------------------------------------------
@@ -396,6 +401,21 @@ class HomomorphicOffer(BaseModel):
     columns: tuple[str, ...] = Field(min_length=1, max_length=500)
     per_row: bool = False
     noise_std: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+
+
+class FederatedOffer(BaseModel):
+    """The provider's limits for federated training on this product (trustspace.federated)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    max_rounds: int = Field(default=10, ge=1, le=1000)
+    min_clients: int = Field(default=2, ge=1, le=1000)
+    dp_min_noise_multiplier: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
+    dp_max_clipping_norm: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
+    secagg: bool = False
+    # Apps (SM3 digests, trustspace.federated.app_digest) run without asking; any other app
+    # waits for the operator's approval, its digest shown.
+    approved_apps: tuple[str, ...] = Field(default=(), max_length=64)
 
 
 def _check_offer_shape(offer: dict[str, JsonValue], i: int, ids: set[str]) -> None:

@@ -93,8 +93,9 @@ def _walk(root: Path) -> Iterator[tuple[str, Path]]:
 
 
 def pack(path: Path, *, max_files: int = DEFAULT_MAX_FILES,
-         max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
-    """A deterministic zip archive of a ``.py`` file or of a folder with an entry point."""
+         max_bytes: int = DEFAULT_MAX_BYTES, entry: bool = True) -> bytes:
+    """A deterministic zip archive of a ``.py`` file or of a folder with an entry point (any
+    folder with ``entry=False``: a Flower app has its own)."""
     path = Path(path)
     if path.is_symlink():
         raise BundleInvalid("symlinks cannot be packed", member=path.name)
@@ -127,8 +128,9 @@ def pack(path: Path, *, max_files: int = DEFAULT_MAX_FILES,
     data = buffer.getvalue()
     if len(data) > max_bytes:
         raise BundleInvalid(f"the archive is {len(data)} bytes (at most {max_bytes})")
-    _entry({name for name, _ in members},
-           lambda name: (path / name).read_bytes() if path.is_dir() else path.read_bytes())
+    if entry:
+        _entry({name for name, _ in members},
+               lambda name: (path / name).read_bytes() if path.is_dir() else path.read_bytes())
     return data
 
 
@@ -255,9 +257,10 @@ def _entry(names: set[str], read: Callable[[str], bytes]) -> str:
 # ---- unpacking ---------------------------------------------------------------------------------
 
 def unpack(data: bytes, dest: Path, *, max_files: int = DEFAULT_MAX_FILES,
-           max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
+           max_bytes: int = DEFAULT_MAX_BYTES, entry: bool = True) -> Path:
     """Extract a bundle into `dest` (created; it must not exist or be empty); return the path
-    of its entry point. Files are 0644 and folders 0755, whatever the archive says."""
+    of its entry point (`dest` itself with ``entry=False``). Files are 0644 and folders 0755,
+    whatever the archive says."""
     archive = _open(data, max_bytes)
     with archive:
         members = _members(archive, max_files, max_bytes)
@@ -286,8 +289,9 @@ def unpack(data: bytes, dest: Path, *, max_files: int = DEFAULT_MAX_FILES,
                         os.close(parent_fd)
         finally:
             os.close(root_fd)
-    entry = _entry(names, lambda name: (dest / name).read_bytes())
-    return dest / entry
+    if not entry:
+        return dest
+    return dest / _entry(names, lambda name: (dest / name).read_bytes())
 
 
 def _makedirs(root_fd: int, parts: tuple[str, ...]) -> int:

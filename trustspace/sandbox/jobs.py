@@ -37,6 +37,8 @@ from trustspace.crypto import (
     sm3,
     verify_document,
 )
+from trustspace.federated.policy import FederatedRefused
+from trustspace.federated.policy import RefusalReason as FederatedReason
 from trustspace.homomorphic.errors import HomomorphicRefused, RefusalReason
 from trustspace.ledger import receipts, store
 from trustspace.registry.classification import ComputeMode
@@ -74,7 +76,7 @@ def _code_digest(code: bytes) -> str:
     return "sm3:" + sm3(code).hex()
 
 
-def _send(session: Session, job: Job, path: str, message: dict[str, Any], now: datetime
+def send(session: Session, job: Job, path: str, message: dict[str, Any], now: datetime
           ) -> None:
     session.add(OutboxMessage(pid=job.pid, url=f"{job.counterparty_url.rstrip('/')}{path}",
                               message=message, attempts=0, next_attempt_at=now, failed=False,
@@ -204,9 +206,10 @@ def _theirs(session: Session, pid: str, sender: Membership, msg: transfer.Parsed
 
 REFUSAL_CODES = {"policy-denied", "uses-exhausted", "refused-by-operator", "release-refused",
                  "mode-unsupported",
-                 # homomorphic refusals (he_jobs.refusal_code)
-                 *("he-" + r.value.replace("_", "-") for r in RefusalReason)}
-RUNS: tuple[ComputeMode, ...] = (ComputeMode.SANDBOX, ComputeMode.HOMOMORPHIC)
+                 # homomorphic and federated refusals (he_jobs / fl_jobs.refusal_code)
+                 *("he-" + r.value.replace("_", "-") for r in RefusalReason),
+                 *("fl-" + r.value for r in FederatedReason)}
+RUNS: tuple[ComputeMode, ...] = tuple(ComputeMode)
 
 
 def on_request(session: Session, me: Me, sender: Membership, msg: transfer.Parsed,
@@ -283,6 +286,14 @@ def on_request(session: Session, me: Me, sender: Membership, msg: transfer.Parse
         if problem is not None:
             _refuse(session, me, job, agreement, *problem, now)
             return job
+    if job.mode == ComputeMode.FEDERATED.value:
+        problem, unapproved_app = _fl_precheck(session, job, agreement)
+        if problem is not None:
+            _refuse(session, me, job, agreement, *problem, now)
+            return job
+        if unapproved_app:  # the operator approves the app (its digest is in the request)
+            job.approval = "pending"
+            return job
     if decision.approval_required:
         job.approval = "pending"
         return job
@@ -297,6 +308,21 @@ def product_spec(session: Session, agreement: Agreement) -> ProductSpec | None:
         ProductVersion.data_digest == agreement.data_digest)
         .order_by(ProductVersion.version.desc()).limit(1)).scalar()
     return None if row is None else ProductSpec.from_json(row.spec)
+
+
+def _fl_precheck(session: Session, job: Job, agreement: Agreement
+                 ) -> tuple[tuple[str, str] | None, bool]:
+    """A federated request's checks (fl_jobs.precheck): (refusal, needs the operator)."""
+    from .fl_jobs import precheck, refusal_code
+
+    spec = product_spec(session, agreement)
+    if spec is None:
+        return ("fl-mode-not-allowed", f"the data of {job.dataset_id} is no longer held"), False
+    try:
+        checked = precheck(job.code, job.parameters or {}, spec)
+    except FederatedRefused as exc:
+        return (refusal_code(exc.reason), exc.detail), False
+    return None, checked.needs_approval
 
 
 def _he_precheck(session: Session, job: Job, agreement: Agreement) -> tuple[str, str] | None:
@@ -374,7 +400,7 @@ def _refuse(session: Session, me: Me, job: Job, agreement: Agreement, code: str,
     job.reason = {"code": code, "detail": detail}
     job.receipt_id = str(doc.body["id"])
     job.finished_at = job.updated_at = now
-    _send(session, job, f"/transfers/{job.consumer_pid}/termination",
+    send(session, job, f"/transfers/{job.consumer_pid}/termination",
           transfer.termination(job.pid, job.consumer_pid, code, [detail], job.receipt_id), now)
 
 
@@ -394,7 +420,7 @@ def claim(session: Session, worker: str, now: datetime, lease: timedelta) -> Job
     if job.state == TransferState.REQUESTED.value:
         _move(job, "start", now)
         job.started_at = now
-        _send(session, job, f"/transfers/{job.consumer_pid}/start",
+        send(session, job, f"/transfers/{job.consumer_pid}/start",
               transfer.start(job.pid, job.consumer_pid), now)
     return job
 
@@ -450,12 +476,12 @@ def finish(session: Session, me: Me, pid: str, worker: str, report: RunReport, n
         job.result, job.result_digest = sealed, result_digest
         job.result_bytes = len(report.result)
         _move(job, "complete", now)
-        _send(session, job, f"/transfers/{job.consumer_pid}/completion",
+        send(session, job, f"/transfers/{job.consumer_pid}/completion",
               transfer.completion(job.pid, job.consumer_pid, sealed, job.receipt_id), now)
     else:
         job.reason = {"code": report.code or "failed", "detail": report.detail}
         _move(job, "terminate", now)
-        _send(session, job, f"/transfers/{job.consumer_pid}/termination",
+        send(session, job, f"/transfers/{job.consumer_pid}/termination",
               transfer.termination(job.pid, job.consumer_pid, report.code or "failed",
                                    [report.detail], job.receipt_id), now)
     return job

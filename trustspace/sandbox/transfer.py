@@ -23,6 +23,7 @@ CODE = "ts:code"  # base64url of the code bundle (a zip archive)
 PARAMETERS = "ts:parameters"  # the job's parameters (their digest is in the job request)
 RESULT = "ts:result"  # the sealed result, on completion
 RECEIPT = "ts:receipt"  # the delivery or refusal receipt id, on completion or termination
+SUMMARY = "ts:federatedSummary"  # a federated run's rounds, from the consumer
 
 
 class TransferState(enum.StrEnum):
@@ -89,6 +90,14 @@ def completion(provider_pid: str, consumer_pid: str, result: Mapping[str, Any],
                receipt_id: str) -> dict[str, Any]:
     return _message("TransferCompletionMessage", providerPid=provider_pid,
                     consumerPid=consumer_pid, **{RESULT: dict(result), RECEIPT: receipt_id})
+
+
+def run_ended(provider_pid: str, consumer_pid: str, summary: Mapping[str, Any]
+              ) -> dict[str, Any]:
+    """From the consumer of a federated job: its training run ended (a completion message the
+    provider answers by completing the job with its delivery receipt)."""
+    return _message("TransferCompletionMessage", providerPid=provider_pid,
+                    consumerPid=consumer_pid, **{SUMMARY: dict(summary)})
 
 
 def termination(provider_pid: str | None, consumer_pid: str, code: str, reason: Sequence[str],

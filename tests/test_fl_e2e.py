@@ -1,0 +1,160 @@
+"""Federated jobs between real nodes on loopback: three hospitals hold disjoint parts of
+scikit-learn's breast-cancer data; a research institute's `trustspace fl run` sends one job per
+agreement, admits the SuperNode key each hospital binds to itself with SM2, trains a logistic
+regression over real Flower SuperLink/SuperNode processes, and every hospital completes its job
+with a delivery receipt both sign. Refusals end the run with the provider's reason."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer
+
+from tests.nodes import DataSpace, NodeProcess, dataspace, product_spec, research_offer, wait_for
+from trustspace.federated import LOGREG_APP, app_digest
+from trustspace.federated.apps.logreg.logreg_app import task
+
+pytestmark = pytest.mark.slow
+
+HOSPITALS = ("hospital-1", "hospital-2", "hospital-3")
+TEST_ROWS = 114
+ROUNDS = 3
+
+
+def _spec(root: Path, hospital: str, product: str, data: Path, n_features: int,
+          federated: dict[str, Any], offers: list[dict[str, Any]]) -> dict[str, Any]:
+    spec = product_spec(root / f"unused-{product}.csv", product)
+    spec.update({
+        "title": f"Breast biopsies, {hospital}", "preview": [],
+        "columns": [*({"name": f"f{i}", "type": "number"} for i in range(n_features)),
+                    {"name": task.LABEL, "type": "integer"}],
+        "source": {"kind": "csv", "path": str(data)}, "modes": ["sandbox", "federated"],
+        "offers": offers, "federated": federated})
+    return spec
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+    x, y = load_breast_cancer(return_X_y=True)
+    order = np.random.default_rng(7).permutation(len(y))
+    test, parts = order[:TEST_ROWS], np.array_split(order[TEST_ROWS:], len(HOSPITALS))
+    return x, y, test, list(parts)
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory: pytest.TempPathFactory,
+          data: tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]
+          ) -> Iterator[DataSpace]:
+    root = tmp_path_factory.mktemp("fl")
+    x, y, _, parts = data
+    approved = [app_digest(LOGREG_APP)]
+    federated = research_offer(["federated"], **{"@id": "federated"})
+    sandbox_only = research_offer(["sandbox"], **{"@id": "sandbox-only"})
+    with dataspace(root, "sqlite") as ds:
+        members = ds.add_members([(h, "provider") for h in HOSPITALS]
+                                 + [("institute", "consumer"), ("regulator", "regulator")])
+        for hospital, node, rows in zip(HOSPITALS, members, parts, strict=False):
+            path = root / f"{hospital}.csv"
+            header = ",".join([f"f{i}" for i in range(x.shape[1])] + [task.LABEL])
+            np.savetxt(path, np.column_stack([x[rows], y[rows]]), delimiter=",",
+                       header=header, comments="", fmt="%.10g")
+            node.ok("POST", "/api/products", _spec(
+                root, hospital, f"biopsies-{hospital[-1]}", path, x.shape[1],
+                {"max_rounds": 5, "min_clients": 3, "approved_apps": approved},
+                [federated, sandbox_only]))
+        first = root / "hospital-1.csv"
+        members[0].ok("POST", "/api/products", _spec(  # differential privacy required
+            root, "hospital-1", "biopsies-dp", first, x.shape[1],
+            {"dp_min_noise_multiplier": 1.0, "approved_apps": approved}, [federated]))
+        members[0].ok("POST", "/api/products", _spec(  # another app approved
+            root, "hospital-1", "biopsies-strict", first, x.shape[1],
+            {"approved_apps": ["sm3:" + "00" * 32]}, [federated]))
+        yield ds
+
+
+def agree(space: DataSpace, hospital: str, dataset: str, offer: str) -> str:
+    provider, consumer = space.members[hospital], space.members["institute"]
+    started = consumer.ok("POST", "/api/negotiations", {
+        "provider_url": provider.url, "dataset": dataset, "offer": offer})
+
+    def done() -> str | None:
+        shown = consumer.ok("GET", f"/api/negotiations/{started['pid']}")
+        assert shown["state"] != "TERMINATED", shown
+        return shown["agreementId"] if shown["state"] == "FINALIZED" else None
+
+    return str(wait_for(done))
+
+
+@pytest.fixture(scope="module")
+def agreements(space: DataSpace) -> list[str]:
+    return [agree(space, h, f"biopsies-{h[-1]}", "federated") for h in HOSPITALS]
+
+
+def fl_run(node: NodeProcess, agreements: list[str], *extra: str) -> Any:
+    from trustspace.connector.localspace import run_cli
+
+    return run_cli("fl", "run", "--home", node.home, "--agreements", ",".join(agreements),
+                   "--app", LOGREG_APP, "--purpose", "research", *extra)
+
+
+def test_three_hospitals_train_a_model_as_good_as_central_training(
+        space: DataSpace, agreements: list[str], tmp_path: Path,
+        data: tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]) -> None:
+    consumer = space.members["institute"]
+    model = tmp_path / "model.npz"
+    done = fl_run(consumer, agreements, "--rounds", str(ROUNDS), "--output", str(model))
+    assert done.returncode == 0, done.stderr[-3000:]
+    shown = json.loads(done.stdout)
+    assert [r["round"] for r in shown["rounds"]] == list(range(1, ROUNDS + 1))
+    ids = sorted(f"urn:trustspace:participant:{h}" for h in HOSPITALS)
+    assert all(sorted(r["trainedBy"]) == ids for r in shown["rounds"])
+
+    x, y, test, parts = data
+    with np.load(model) as arrays:
+        weights, mean, std = arrays["weights"], arrays["mean"], arrays["std"]
+    train_rows = np.concatenate(parts)
+    central = task.train(task.initial_weights(x.shape[1]),
+                         task.standardise(x[train_rows], mean, std), y[train_rows],
+                         epochs=ROUNDS * 40, lr=0.5, l2=0.0001)
+    x_test = task.standardise(x[test], mean, std)
+    _, central_accuracy = task.evaluate(central, x_test, y[test])
+    _, federated_accuracy = task.evaluate(weights, x_test, y[test])
+    assert central_accuracy > 0.93
+    assert abs(federated_accuracy - central_accuracy) <= 0.02
+
+    for hospital in HOSPITALS:  # each hospital's delivery receipt, countersigned
+        provider = space.members[hospital]
+        receipt_id = shown["receipts"][f"urn:trustspace:participant:{hospital}"]
+
+        def logged(provider: NodeProcess = provider, receipt_id: str = receipt_id) -> Any:
+            r = provider.ok("GET", f"/api/receipts/{receipt_id}")
+            return r if r["status"] == "logged" else None
+
+        receipt = wait_for(logged)
+        public = receipt["document"]["body"]["public"]
+        assert public["mode"] == "federated" and public["outcome"] == "succeeded"
+        assert f"{ROUNDS} of {ROUNDS} rounds served" in public["checks"]
+        assert [s["role"] for s in receipt["document"]["signatures"]] == ["provider",
+                                                                           "consumer"]
+    result = consumer.ok("GET", f"/api/jobs/{next(iter(shown['jobs'].values()))}/result")
+    assert result["result"]["modelDigest"] == shown["modelDigest"]
+    assert result["result"]["appDigest"] == app_digest(LOGREG_APP)
+
+
+@pytest.mark.parametrize(("dataset", "offer", "extra", "code"), [
+    ("biopsies-1", "sandbox-only", (), "policy-denied"),
+    ("biopsies-1", "federated", ("--rounds", "50"), "fl-too-many-rounds"),
+    ("biopsies-dp", "federated", (), "fl-dp-missing"),
+    ("biopsies-strict", "federated", (), "fl-app-not-approved"),
+], ids=["mode-forbidden", "too-many-rounds", "dp-missing", "app-not-approved"])
+def test_refusals_name_their_reason(space: DataSpace, agreements: list[str], dataset: str,
+                                    offer: str, extra: tuple[str, ...], code: str) -> None:
+    refused = agree(space, "hospital-1", dataset, offer)
+    done = fl_run(space.members["institute"], [refused, *agreements[1:]], *extra)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert code in done.stderr, done.stderr[-2000:]

@@ -1,0 +1,1 @@
+"""Flower apps shipped with trustspace (each directory is one app: `flwr run <dir>`)."""

@@ -1,0 +1,1 @@
+"""Federated logistic regression on CSV data: the example app of the federated mode."""

@@ -1,0 +1,1 @@
+"""ServerApp, ClientApp and the NumPy model they share."""
