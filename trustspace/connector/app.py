@@ -19,6 +19,7 @@ from .audit_api import manage as audit_manage_router
 from .audit_api import router as audit_router
 from .catalog_api import router as catalog_router
 from .config import Settings
+from .console import router as console_router
 from .crawler import crawl_forever
 from .errors import BodyLimit, install_error_handlers
 from .job_worker import JobPool
@@ -121,6 +122,7 @@ def create_app(settings: Settings, *, key_password: bytes | None = None,
     app.include_router(transfer_manage_router)
     app.include_router(audit_router)
     app.include_router(audit_manage_router)
+    app.include_router(console_router)
     return app
 
 
