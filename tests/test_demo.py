@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from trustspace.connector import demo
+from trustspace.connector import demo, demo_story
 
 
 @pytest.mark.slow
@@ -16,13 +16,15 @@ def test_demo_runs_and_reports_each_proof() -> None:
                          check=False, timeout=300)
     text = out.stdout.decode()
     assert out.returncode == 0, text + out.stderr.decode()
-    total = len(demo.CRYPTO_STEPS) + 9
+    total = len(demo.CRYPTO_STEPS) + len(demo_story.STEPS)
     assert f"{total} of {total} checks passed" in text
     assert "✗" not in text and text.count("✓") == total
     for evidence in ("registered by the authority", "verified against the trust anchor",
                      "401 revoked", "audit summary", "signed by provider and consumer",
                      "inclusion proof to a signed checkpoint", "audit OK", ", final",
-                     "bubblewrap sandbox", "release-refused"):
+                     "bubblewrap sandbox", "release-refused", "equal to NumPy",
+                     "after hospital-b's operator approved", "400 offer-mismatch",
+                     "under CKKS", "policy-denied"):
         assert evidence in text
 
 

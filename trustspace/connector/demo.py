@@ -6,7 +6,6 @@ one line of evidence or raises.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import tempfile
@@ -14,10 +13,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
-
-from trustspace.connector.auth import encode_credential
-from trustspace.connector.httpsig import CREDENTIAL_HEADER, sign_request
 from trustspace.connector.localspace import LocalDataSpace, local_dataspace
 from trustspace.crypto import (
     CiphertextForm,
@@ -28,7 +23,6 @@ from trustspace.crypto import (
     seal,
     sign_document,
     sm3,
-    sm3_file,
     sm4,
     verify_document,
 )
@@ -145,208 +139,69 @@ CRYPTO_STEPS: list[tuple[str, Callable[[], str]]] = [
 ]
 
 
-class DataSpaceStory:
-    """The data space part: real node processes on loopback ports, talking SM2-signed DSP."""
-
-    def __init__(self, space: LocalDataSpace) -> None:
-        self.space = space
-        self.agreement_id = ""
-
-    def members(self) -> str:
-        self.space.add_member("hospital-a", "provider")
-        self.space.add_member("research-institute", "consumer")
-        self.space.add_member("regulator", "regulator")
-        anchor = self.space.authority.ok("GET", "/api/node")["keyId"]
-        roles = [self.space.members[n].ok("GET", "/api/node")["roles"][0]
-                 for n in self.space.members]
-        return (f"authority {anchor[:12]}… admitted {len(roles)} members ({', '.join(roles)}), "
-                "each with an SM2-signed membership credential")
-
-    def publish(self) -> str:
-        hospital = self.space.members["hospital-a"]
-        data = self.space.root / "bp.csv"
-        rows = ["age,sex,sbp"] + [f"{30 + i % 50},{'FM'[i % 2]},{110 + (i * 7) % 60}"
-                                  for i in range(500)]
-        data.write_text("\n".join(rows) + "\n")
-        added = hospital.ok("POST", "/api/products", {
-            "id": "bp-stats", "title": "Outpatient blood pressure",
-            "description": "Systolic blood pressure by age and sex, one row per visit",
-            "keywords": ["blood-pressure", "cardiology"], "category": "health/outpatient",
-            "level": "general",
-            "columns": [{"name": "age", "type": "integer"}, {"name": "sex", "type": "string"},
-                        {"name": "sbp", "type": "integer"}],
-            "preview": [{"age": 50, "sex": "F", "sbp": 120}],
-            "source": {"kind": "csv", "path": str(data)}, "modes": ["sandbox", "federated"],
-            "offers": [{"ts:purposes": ["research"], "permission": [{
-                "action": "use", "constraint": [
-                    {"leftOperand": "odrl:purpose", "operator": "eq", "rightOperand": "research"},
-                    {"leftOperand": "ts:computeMode", "operator": "isAnyOf",
-                     "rightOperand": ["sandbox", "federated"]}]}]}]})
-        _check(added["registered"] and added["dataDigest"] == "sm3:" + sm3_file(data).hex(),
-               "registered with the data's SM3 digest")
-        return (f"hospital-a published bp-stats v{added['version']} ({added['rows']} rows, data "
-                f"{added['dataDigest'][:16]}…), registered by the authority")
-
-    def search(self) -> str:
-        found = self.space.members["research-institute"].ok(
-            "POST", "/api/catalog/search", {"keywords": ["blood"], "mode": "sandbox"})["results"]
-        _check([r["datasetId"] for r in found] == ["bp-stats"], "federated search")
-        return f"research-institute found bp-stats at {found[0]['provider']} via the authority"
-
-    def verify(self) -> str:
-        consumer = self.space.members["research-institute"]
-        hospital = self.space.members["hospital-a"]
-        catalog = consumer.ok("POST", "/api/catalog/remote", {"url": hospital.url})
-        checked = consumer.ok("POST", "/api/catalog/verify",
-                              {"url": hospital.url, "dataset": "bp-stats"})
-        _check(all(checked["checks"].values()), "registration checks")
-        return (f"read hospital-a's DSP 2025-1 catalog ({len(catalog['dataset'])} dataset); "
-                f"registration certificate {checked['registration'][4:16]}… verified against "
-                "the trust anchor, data digest matches")
-
-    def negotiate(self) -> str:
-        consumer = self.space.members["research-institute"]
-        hospital = self.space.members["hospital-a"]
-        started = time.perf_counter()
-        done = consumer.cli("negotiate", hospital.url, "bp-stats")
-        _check(done.returncode == 0, f"negotiation: {done.stderr}")
-        agreement_id = done.stdout.strip()
-        shown = hospital.ok("GET", f"/api/agreements/{agreement_id}")
-        theirs = consumer.ok("GET", f"/api/agreements/{agreement_id}")
-        roles = [s["role"] for s in shown["document"]["signatures"]]
-        _check(roles == ["provider", "consumer"], "signed by both")
-        _check(shown["digest"] == theirs["digest"], "the same agreement on both nodes")
-        elapsed = time.perf_counter() - started
-        self.agreement_id = agreement_id
-        return (f"agreement {agreement_id[9:17]}… (DSP contract negotiation, {elapsed:.1f} s "
-                f"including the CLI) signed by {' and '.join(roles)}, digest "
-                f"{shown['digest'][4:16]}… identical on both nodes")
-
-    def receipt(self) -> str:
-        hospital = self.space.members["hospital-a"]
-        deadline = time.monotonic() + 30
-        while True:
-            rows = hospital.ok("GET", "/api/receipts", agreement=self.agreement_id)["receipts"]
-            if rows and rows[0]["status"] == "logged":
-                break
-            _check(time.monotonic() < deadline, f"receipt not logged: {rows}")
-            time.sleep(0.1)
-        shown = hospital.ok("GET", f"/api/receipts/{rows[0]['id']}")
-        roles = [s["role"] for s in shown["document"]["signatures"]]
-        _check(roles == ["provider", "consumer"], "receipt countersigned")
-        evidence = shown["evidence"]
-        return (f"authorization receipt signed by {' and '.join(roles)}, policy sealed to the "
-                f"parties and the regulator; entry #{evidence['index']} of the authority's SM3 "
-                f"Merkle log, inclusion proof to a signed checkpoint of size {evidence['size']}")
-
-    def compute(self) -> str:
-        consumer = self.space.members["research-institute"]
-        script = self.space.root / "mean_sbp.py"
-        script.write_text(
-            "from trustspace.sandbox import api\n"
-            "rows = api.read_rows('bp-stats')\n"
-            "by_sex = {}\n"
-            "for r in rows:\n"
-            "    by_sex.setdefault(r['sex'], []).append(float(r['sbp']))\n"
-            "api.table('mean_sbp_by_sex', ['sex', 'mean_sbp'],\n"
-            "          [[s, sum(v) / len(v)] for s, v in sorted(by_sex.items())],\n"
-            "          counts=[len(v) for _, v in sorted(by_sex.items())], statistic='mean')\n")
-        started = time.perf_counter()
-        done = consumer.cli("run", self.agreement_id, str(script), "--purpose", "research")
-        _check(done.returncode == 0, f"job: {done.stderr}")
-        elapsed = time.perf_counter() - started
-        table = json.loads(done.stdout)["result"]["release"]["outputs"][0]
-        means = ", ".join(f"{sex} {value:.1f}" for sex, value in table["rows"])
-        leak = consumer.cli("run", self.agreement_id, str(self._raw_rows_script()),
-                            "--purpose", "research")
-        _check(leak.returncode == 1 and "release-refused" in leak.stderr, "raw rows refused")
-        return (f"code ran in hospital-a's bubblewrap sandbox, the result came back sealed to "
-                f"the institute ({elapsed:.1f} s with the CLI): mean SBP {means}; a job "
-                "returning raw rows was refused (release-refused), with a refusal receipt")
-
-    def _raw_rows_script(self) -> Path:
-        script = self.space.root / "raw_rows.py"
-        script.write_text(
-            "from trustspace.sandbox import api\n"
-            "rows = api.read_rows('bp-stats')[:20]\n"
-            "api.table('rows', ['age', 'sex', 'sbp', 'n'],\n"
-            "          [[r['age'], r['sex'], r['sbp'], 1] for r in rows], statistic='count')\n")
-        return script
-
-    def refusals(self) -> str:
-        hospital = self.space.members["hospital-a"]
-        request = {"@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
-                   "@type": "CatalogRequestMessage", "filter": []}
-        bare = httpx.post(f"{hospital.url}/catalog/request", json=request, timeout=10)
-        _check(bare.status_code == 401, "unsigned request refused")
-        leaving = self.space.add_member("former-partner", "consumer")
-        node = leaving.ok("GET", "/api/node")
-        self.space.authority.ok("POST", "/api/members/revoke",
-                                {"participant_id": node["participantId"]})
-        refused = leaving.api("POST", "/api/catalog/remote", {"url": hospital.url})
-        _check(refused.status_code == 401 and refused.json()["error"] == "revoked",
-               f"revoked member refused: {refused.text}")
-        return (f"unsigned request refused ({bare.status_code} {bare.json()['code']}); a revoked "
-                f"member refused ({refused.status_code} revoked)")
-
-    def regulator(self) -> str:
-        regulator = self.space.members["regulator"]
-        key = SM2PrivateKey.from_pem((regulator.home / "node-key.pem").read_bytes())
-        credential = regulator.ok("GET", "/api/node")["credential"]
-        url = f"{self.space.authority.url}/audit/summary"
-        headers = {CREDENTIAL_HEADER: encode_credential(credential)}
-        headers.update(sign_request("GET", url, headers, b"", key))
-        summary = httpx.get(url, headers=headers, timeout=10)
-        _check(summary.status_code == 200, f"audit summary: {summary.text}")
-        body = summary.json()
-        traced = regulator.cli("audit", "trace", "--agreement", self.agreement_id)
-        _check(traced.returncode == 0 and "authorization" in traced.stdout,
-               f"audit trace: {traced.stderr}")
-        deadline = time.monotonic() + 30
-        while True:  # the witnesses cosign the newest checkpoint within moments
-            verified = regulator.cli("audit", "verify", "--require-final")
-            if verified.returncode == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        _check(verified.returncode == 0, f"audit verify: {verified.stdout} {verified.stderr}")
-        return (f"regulator read the audit summary ({body['members']}); traced the agreement "
-                f"(sealed policy opened with its own key); {verified.stderr.strip()}")
-
-    def steps(self) -> list[tuple[str, Callable[[], str]]]:
-        return [("members enrolled", self.members), ("product published", self.publish),
-                ("federated search", self.search), ("catalog verified", self.verify),
-                ("contract negotiated", self.negotiate), ("receipt logged", self.receipt),
-                ("compute-to-data", self.compute),
-                ("refusals", self.refusals),
-                ("regulator", self.regulator)]
-
-
 STEPS = CRYPTO_STEPS  # kept for callers that list the crypto checks
 
 
-def _run_steps(steps: list[tuple[str, Callable[[], str]]]) -> int:
+def _run_steps(steps: list[tuple[str, Callable[[], str]]],
+               table: list[tuple[str, bool, float]]) -> int:
     failures = 0
     for name, step in steps:
+        started = time.perf_counter()
+        print(f"  … {name}", end="\r", flush=True)
         try:
-            print(f"  ✓ {name}: {step()}", flush=True)
+            line = step()
+            ok = True
         except Exception as exc:  # a demo reports every failure and carries on
+            line, ok = f"{type(exc).__name__}: {exc}", False
             failures += 1
-            print(f"  ✗ {name}: {type(exc).__name__}: {exc}", flush=True)
+        seconds = time.perf_counter() - started
+        table.append((name, ok, seconds))
+        print(f"  {'✓' if ok else '✗'} {name}: {line}", flush=True)
     return failures
 
 
-def run(with_dataspace: bool = True) -> bool:
+def _summary(table: list[tuple[str, bool, float]]) -> None:
+    width = max(len(name) for name, _, _ in table)
+    print("\n  " + "step".ljust(width) + "  result  seconds")
+    for name, ok, seconds in table:
+        print(f"  {name.ljust(width)}  {'pass' if ok else 'FAIL':6}  {seconds:7.1f}")
+
+
+def run(with_dataspace: bool = True, keep: bool = False) -> bool:
+    """Every check; True only if all passed. `keep`: leave the data space running until
+    interrupted (Ctrl-C), printing where its nodes are."""
+    table: list[tuple[str, bool, float]] = []
     print("trustspace demo — crypto core self-check", flush=True)
     steps = list(STEPS)
-    failures = _run_steps(steps)
+    failures = _run_steps(steps, table)
     total = len(steps)
     if with_dataspace:
+        from .demo_story import Story
+
         print("trustspace demo — a data space on this machine (real processes, loopback)",
               flush=True)
-        with tempfile.TemporaryDirectory(prefix="trustspace-demo-") as tmp, \
-                local_dataspace(Path(tmp)) as space:
-            story = DataSpaceStory(space).steps()
-            total += len(story)
-            failures += _run_steps(story)
+        root = Path(tempfile.mkdtemp(prefix="trustspace-demo-"))
+        try:
+            with local_dataspace(root) as space:
+                story = Story(space).steps()
+                total += len(story)
+                failures += _run_steps(story, table)
+                if keep:
+                    _keep(space)
+        finally:
+            if not keep:
+                shutil.rmtree(root, ignore_errors=True)
+    _summary(table)
     print(f"{total - failures} of {total} checks passed")
     return failures == 0
+
+
+def _keep(space: LocalDataSpace) -> None:
+    print(f"\nthe data space keeps running in {space.root} (Ctrl-C stops it):")
+    for node in [space.authority, *space.members.values()]:
+        print(f"  {node.name:20} {node.url}  --home {node.home}  token {node.home}/operator.token")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping")
