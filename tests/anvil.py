@@ -41,6 +41,32 @@ def npm_cache() -> Path:
     return Path(os.environ.get("TRUSTSPACE_NPM_CACHE") or default)
 
 
+def npm_package(package: str, version: str) -> Path:
+    """The folder of an npm package at `version`, installed into the npm cache on first use
+    (read in place: nothing of it is copied into the repository)."""
+    prefix = npm_cache() / f"{package.replace('/', '-').lstrip('@')}-{version}"
+    folder = prefix / "node_modules" / package
+    if (folder / "package.json").is_file():
+        return folder
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix.name}.", dir=prefix.parent))
+    try:
+        npm = subprocess.run(["npm", "install", "--prefix", str(tmp), "--no-audit",
+                              "--no-fund", "--ignore-scripts", "--save-exact",
+                              "--loglevel=error", f"{package}@{version}"],
+                             capture_output=True, text=True, timeout=600)
+        if npm.returncode != 0:
+            raise RuntimeError(f"npm install {package}@{version} failed:\n" + npm.stderr[-3000:])
+        try:
+            tmp.rename(prefix)
+        except OSError:
+            if not (folder / "package.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
 def anvil_binary() -> Path:
     """The pinned Anvil binary for this platform, installed from npm on first use."""
     system = sys.platform  # linux, darwin, win32: the names npm packages use
