@@ -5,11 +5,14 @@ Everything that touches ``tenseal`` lives here; the rest of the package sees typ
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import tenseal as ts  # type: ignore[import-untyped]
 import tenseal.sealapi as sealapi  # type: ignore[import-untyped]
 
@@ -69,11 +72,20 @@ def peek_context(data: bytes) -> tuple[ContextParams, bool]:
     if len(top.get(1, [])) != 1:
         raise ValueError("no encryption parameters")
     has_secret = any(_fields(p).get(1, [b""])[0] for p in top.get(3, []))
+    return _parameters(top[1][0]), has_secret
+
+
+@functools.lru_cache(maxsize=64)
+def _parameters(blob: bytes) -> ContextParams:
+    """SEAL's reading of an encryption-parameter blob. Remembered by its bytes: every context
+    made for one catalog program carries the same ~85 bytes, and SEAL's load re-checks each
+    modulus for primality with random draws (~5 ms on a VM whose RDSEED is slow). Failures
+    raise and are not remembered."""
     parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.NONE)
     fd, path = tempfile.mkstemp(prefix="ts-parms-")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(top[1][0])
+            f.write(blob)
         try:
             parms.load(path)  # SEAL's loader validates header and sizes
         except _PARSE_ERRORS as e:
@@ -88,7 +100,7 @@ def peek_context(data: bytes) -> tuple[ContextParams, bool]:
     else:
         raise ValueError(f"unsupported scheme {scheme_raw}")
     bits = tuple(int(m.bit_count()) for m in parms.coeff_modulus())
-    return ContextParams(scheme, int(parms.poly_modulus_degree()), bits, plain), has_secret
+    return ContextParams(scheme, int(parms.poly_modulus_degree()), bits, plain)
 
 
 class TsContext:
@@ -135,14 +147,17 @@ class TsVector:
     def size(self) -> int:
         return int(self._raw.size())
 
-    def mul_plain(self, values: Sequence[float] | Sequence[int]) -> TsVector:
-        return TsVector(self._raw * list(values))
+    def mul_plain(self, values: Sequence[float] | Sequence[int] | npt.NDArray[Any]
+                  ) -> TsVector:
+        # NumPy arrays go through as they are (TenSEAL reads them without a Python list)
+        return TsVector(self._raw * (values if isinstance(values, np.ndarray) else list(values)))
 
     def add(self, other: TsVector) -> TsVector:
         return TsVector(self._raw + other._raw)
 
-    def add_plain(self, values: Sequence[float] | Sequence[int]) -> TsVector:
-        return TsVector(self._raw + list(values))
+    def add_plain(self, values: Sequence[float] | Sequence[int] | npt.NDArray[Any]
+                  ) -> TsVector:
+        return TsVector(self._raw + (values if isinstance(values, np.ndarray) else list(values)))
 
     def polyval(self, coefficients: Sequence[float]) -> TsVector:
         return TsVector(self._raw.polyval(list(coefficients)))
@@ -179,7 +194,8 @@ def new_bfv(degree: int, plain_modulus: int, *, galois: bool) -> TsContext:
     return TsContext(raw)
 
 
-def encrypt(ctx: TsContext, scheme: Scheme, values: Sequence[float] | Sequence[int]) -> TsVector:
+def encrypt(ctx: TsContext, scheme: Scheme,
+            values: Sequence[float] | Sequence[int] | npt.NDArray[Any]) -> TsVector:
     if scheme is Scheme.CKKS:
         return TsVector(ts.ckks_vector(ctx.raw, [float(v) for v in values]))
     return TsVector(ts.bfv_vector(ctx.raw, [int(v) for v in values]))

@@ -171,13 +171,14 @@ def _noise(policy: HomomorphicPolicy, n: int) -> npt.NDArray[np.float64]:
     return np.random.default_rng().normal(0.0, policy.aggregate_noise_std, n)
 
 
-def _padded(values: npt.NDArray[np.float64], slots: int) -> list[float]:
-    """``values`` followed by zeros up to ``slots``: the mask that zeroes every other slot."""
+def _padded(values: npt.NDArray[np.float64], slots: int) -> npt.NDArray[np.float64]:
+    """``values`` followed by zeros up to ``slots``: the mask that zeroes every other slot.
+    An array, which TenSEAL takes without a Python list in between (bench/homomorphic.py)."""
     if len(values) > slots:  # the slot bound: never evaluate past it
         raise _refuse(RefusalReason.EVALUATION_FAILED, f"{len(values)} values > {slots} slots")
     out = np.zeros(slots)
     out[: len(values)] = values
-    return [float(x) for x in out]
+    return out
 
 
 def _broadcast_dot(
@@ -285,7 +286,7 @@ def _exact_count_sum(
         chunk = ints[i * slots : (i + 1) * slots]
         padded = np.zeros(slots, dtype=np.int64)
         padded[: len(chunk)] = chunk
-        s = sel.mul_plain([int(x) for x in padded])
+        s = sel.mul_plain(padded.tolist())  # Python ints
         # the count needs no multiplication: the consumer owns the selection, so 1s it puts
         # past the table only change its own count
         count = sel if count is None else count.add(sel)
