@@ -217,13 +217,24 @@ def decrypt(
 
 
 @app.command()
-def demo(keep: Annotated[bool, typer.Option(
+def demo(
+    keep: Annotated[bool, typer.Option(
         "--keep", help="Leave the data space running afterwards, to explore (Ctrl-C stops it).")
-        ] = False) -> None:
+    ] = False,
+    ledger: Annotated[str, typer.Option(
+        help="local: the authority's shared log; evm: each hospital's log anchored on a chain "
+             "(--rpc, and TRUSTSPACE_DEMO_EVM_KEYS: four funded keys, owner first).")
+    ] = "local",
+    rpc: Annotated[str | None, typer.Option(help="The EVM node's JSON-RPC URL.")] = None,
+) -> None:
     """Run the crypto self-check and the data-space story; exit 0 only if every check passed."""
     from trustspace.connector.demo import run
 
-    raise typer.Exit(0 if run(keep=keep) else EXIT_REFUSED)
+    if ledger not in ("local", "evm") or (ledger == "evm") != (rpc is not None):
+        raise CliError("--ledger is local or evm, and evm needs --rpc URL (and only it)")
+    keys = [k.strip() for k in os.environ.get("TRUSTSPACE_DEMO_EVM_KEYS", "").split(",")
+            if k.strip()]
+    raise typer.Exit(0 if run(keep=keep, rpc_url=rpc, chain_keys=keys) else EXIT_REFUSED)
 
 
 def main() -> None:

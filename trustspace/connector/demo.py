@@ -167,23 +167,34 @@ def _summary(table: list[tuple[str, bool, float]]) -> None:
         print(f"  {name.ljust(width)}  {'pass' if ok else 'FAIL':6}  {seconds:7.1f}")
 
 
-def run(with_dataspace: bool = True, keep: bool = False) -> bool:
+def run(with_dataspace: bool = True, keep: bool = False, rpc_url: str | None = None,
+        chain_keys: list[str] | None = None) -> bool:
     """Every check; True only if all passed. `keep`: leave the data space running until
-    interrupted (Ctrl-C), printing where its nodes are."""
+    interrupted (Ctrl-C), printing where its nodes are. `rpc_url`: anchor the hospitals' logs
+    on that EVM chain, deploying the contract with the first of `chain_keys`."""
     table: list[tuple[str, bool, float]] = []
     print("trustspace demo — crypto core self-check", flush=True)
     steps = list(STEPS)
     failures = _run_steps(steps, table)
     total = len(steps)
     if with_dataspace:
-        from .demo_story import Story
+        from .demo_story import Chain, Story
 
         print("trustspace demo — a data space on this machine (real processes, loopback)",
               flush=True)
+        chain = None
+        if rpc_url is not None:
+            try:
+                chain = Chain.deploy(rpc_url, chain_keys or [])
+            except Exception as exc:  # no chain, no story: say why
+                print(f"  ✗ chain: {type(exc).__name__}: {exc}", flush=True)
+                return False
+            print(f"  the hospitals' logs are anchored on {rpc_url}, contract {chain.contract}",
+                  flush=True)
         root = Path(tempfile.mkdtemp(prefix="trustspace-demo-"))
         try:
             with local_dataspace(root) as space:
-                story = Story(space).steps()
+                story = Story(space, chain).steps()
                 total += len(story)
                 failures += _run_steps(story, table)
                 if keep:

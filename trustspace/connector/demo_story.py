@@ -14,6 +14,7 @@ import csv
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -90,9 +91,41 @@ def _offers(manual: bool) -> list[dict[str, Any]]:
             offer("scoring", "credit-scoring", ["homomorphic"])]
 
 
+@dataclass(frozen=True)
+class Chain:
+    """`--ledger evm`: the hospitals' logs are anchored on this chain (one writer key each)."""
+
+    rpc_url: str
+    contract: str
+    writer_keys: tuple[str, ...]  # hex, one per hospital, authorised on the contract
+
+    @classmethod
+    def deploy(cls, rpc_url: str, keys: list[str]) -> Chain:
+        """Deploy the ReceiptLedger with the first key and authorise the next three."""
+        from eth_account import Account
+
+        from trustspace.ledger.evm import EvmLedger, deploy
+
+        if len(keys) < 1 + len(HOSPITALS):
+            raise DemoFailed(f"--ledger evm needs {1 + len(HOSPITALS)} funded chain keys "
+                             "(the owner's, then one per hospital)")
+        owner, writers = keys[0], tuple(keys[1 : 1 + len(HOSPITALS)])
+        address = deploy(rpc_url, owner)
+        ledger = EvmLedger(rpc_url, address, owner)
+        for key in writers:
+            ledger.wait(ledger.authorise(Account.from_key(key).address))
+        return cls(rpc_url, address, writers)
+
+    def env(self, hospital: str) -> dict[str, str]:
+        return {"TRUSTSPACE_LEDGER": "evm", "TRUSTSPACE_EVM_RPC_URL": self.rpc_url,
+                "TRUSTSPACE_EVM_CONTRACT": self.contract,
+                "TRUSTSPACE_EVM_KEY": self.writer_keys[HOSPITALS.index(hospital)]}
+
+
 class Story:
-    def __init__(self, space: LocalDataSpace) -> None:
+    def __init__(self, space: LocalDataSpace, chain: Chain | None = None) -> None:
         self.space = space
+        self.chain = chain
         self.table = diabetes()
         self.parts: dict[str, npt.NDArray[np.float64]] = {}
         self.agreements: dict[str, str] = {}  # name -> agreement id
@@ -107,6 +140,11 @@ class Story:
         wanted = [("regulator", "regulator"), *((h, "provider") for h in HOSPITALS),
                   ("research-institute", "consumer"), ("bank", "consumer")]
         self.space.add_members(wanted)
+        if self.chain is not None:  # each hospital's own log, anchored on the chain
+            for hospital in HOSPITALS:
+                node = self.node(hospital)
+                node.stop()
+                node.start({**self.space.env, **self.chain.env(hospital)})
         roles = [self.node(n).ok("GET", "/api/node")["roles"][0] for n, _ in wanted]
         anchor = self.space.authority.ok("GET", "/api/node")["keyId"]
         return (f"authority {anchor[:12]}… admitted {len(roles)} members ({roles.count('provider')}"
@@ -272,9 +310,11 @@ class Story:
             roles = [s["role"] for s in shown["document"]["signatures"]]
             check(roles == ["provider", "consumer"], "receipt countersigned")
             lines.append(f"#{shown['evidence']['index']}")
+        where = ("the authority's SM3 Merkle log" if self.chain is None else
+                 f"its hospital's SM3 Merkle log, anchored on the chain at {self.chain.contract}")
         return (f"authorization receipts {' and '.join(lines)} signed by provider and consumer, "
-                "policies sealed to the parties and the regulator, each in the authority's SM3 "
-                "Merkle log with an inclusion proof to a signed checkpoint")
+                f"policies sealed to the parties and the regulator, each in {where} with an "
+                "inclusion proof to a signed checkpoint")
 
     def sandbox_job(self) -> str:
         institute = self.node("research-institute")
@@ -397,16 +437,38 @@ class Story:
         kinds: list[str] = []
         every = [*self.agreements.values(), *self.federated]
         for agreement in every:
-            traced = regulator.cli("audit", "trace", "--agreement", agreement)
+            traced = regulator.cli("audit", "trace", "--agreement", agreement,
+                                   *self._source(agreement))
             check(traced.returncode == 0 and "authorization" in traced.stdout,
                   f"audit trace: {traced.stderr}")
             kinds += [k for k in ("delivery", "refusal") if k in traced.stdout]
-        verified = wait_for(lambda: (v := regulator.cli("audit", "verify", "--require-final"))
-                            .returncode == 0 and v, "a final checkpoint", timeout=30)
+        if self.chain is None:
+            verified = wait_for(lambda: (v := regulator.cli("audit", "verify", "--require-final"))
+                                .returncode == 0 and v, "a final checkpoint", timeout=30)
+        else:  # each hospital's log, and its anchors read from the chain
+            for hospital in HOSPITALS:
+                verified = regulator.cli("audit", "verify", "--source", self.node(hospital).url,
+                                         "--rpc-url", self.chain.rpc_url,
+                                         "--contract", self.chain.contract)
+                check(verified.returncode == 0 and " 0 anchors" not in verified.stderr,
+                      f"audit verify {hospital}: {verified.stdout} {verified.stderr}")
+        logs = ("the whole log" if self.chain is None else
+                "each hospital's log against its anchors on the chain")
         return (f"the regulator read the audit summary, traced all {len(every)} agreements "
                 "(authorization, "
                 f"{', '.join(sorted(set(kinds)))} receipts; sealed policies opened with its own "
-                f"key) and verified the whole log: {verified.stderr.strip()}")
+                f"key) and verified {logs}: {verified.stderr.strip()}")
+
+    def _source(self, agreement: str) -> tuple[str, ...]:
+        """Where a regulator reads an agreement's receipts: the authority's shared log, or with
+        a chain, the providing hospital's own log."""
+        if self.chain is None:
+            return ()
+        for hospital in HOSPITALS:
+            mine = self.node(hospital).ok("GET", "/api/agreements")["agreements"]
+            if any(a.get("agreementId") == agreement for a in mine):
+                return ("--source", self.node(hospital).url)
+        raise DemoFailed(f"no hospital holds agreement {agreement}")
 
     def steps(self) -> list[tuple[str, Callable[[], str]]]:
         return [(name, getattr(self, method)) for name, method in STEPS]

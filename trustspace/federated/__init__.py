@@ -4,6 +4,7 @@
 - `app_digest`: the SM3 digest of a Flower app directory, what a provider approves;
 - `keys`: SuperNode keys (OpenSSH ECDSA P-384) and their SM2-signed binding to a provider;
 - `deployment`: a SuperLink and SuperNodes as real processes on loopback, `flwr run`;
+- `clientapp_sandbox`: each ClientApp in the bubblewrap sandbox (`sandboxed=True`);
 - `apps/logreg`: the example Flower app (NumPy logistic regression, FedAvg).
 
 docs/federated.md says what runs, how fast, and what is still missing.

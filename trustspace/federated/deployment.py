@@ -37,6 +37,7 @@ import numpy.typing as npt
 
 from trustspace.crypto import SignedDocument, SM2PublicKey
 
+from . import clientapp_sandbox
 from ._tls import TlsFiles, make_loopback_tls
 from .app_digest import app_digest
 from .keys import KeyBinding, SuperNodeKey, verify_binding
@@ -119,13 +120,17 @@ class SuperNode:
     data_path: Path
     process: _Process
     node_id: int | None = None
+    superexec: _Process | None = None  # sandboxed: the SuperExec that launches its ClientApps
 
     @property
     def running(self) -> bool:
-        return self.process.popen.poll() is None
+        return self.process.popen.poll() is None and (
+            self.superexec is None or self.superexec.popen.poll() is None)
 
     def log(self) -> str:
-        return self.process.tail(200)
+        if self.superexec is None:
+            return self.process.tail(200)
+        return self.process.tail(120) + "\n--- superexec ---\n" + self.superexec.tail(120)
 
 
 def free_port() -> int:
@@ -175,6 +180,7 @@ class Deployment:
         self._tls: TlsFiles | None = None
         self._node_names: dict[int, str] = {}
         self.supernodes: list[SuperNode] = []
+        self._sandboxes: list[Path] = []  # clientapp_sandbox folders, cleaned up at stop
         self.port = 0
 
     # ---- processes ---------------------------------------------------------------------------
@@ -182,8 +188,10 @@ class Deployment:
     def _env(self, home: Path) -> dict[str, str]:
         return _flower_env(home, self.intervals, self.bin_dir)
 
-    def _spawn(self, name: str, argv: list[str], home: Path) -> _Process:
-        process = _spawn(name, argv, home, self.workdir / "logs", self.intervals, self.bin_dir)
+    def _spawn(self, name: str, argv: list[str], home: Path,
+               path_first: Path | None = None) -> _Process:
+        process = _spawn(name, argv, home, self.workdir / "logs", self.intervals, self.bin_dir,
+                         path_first)
         self._processes.append(process)
         return process
 
@@ -281,16 +289,22 @@ class Deployment:
         return node_id
 
     def start_supernode(self, provider: str, data_path: Path,
-                        key: SuperNodeKey | None = None, wait: bool = True) -> SuperNode:
-        """Start `provider`'s SuperNode; its ClientApp gets `data-path` in its node config."""
+                        key: SuperNodeKey | None = None, wait: bool = True, *,
+                        sandboxed: bool = False) -> SuperNode:
+        """Start `provider`'s SuperNode; its ClientApp gets `data-path` in its node config.
+        `sandboxed`: each ClientApp runs in the bubblewrap sandbox (`clientapp_sandbox`),
+        with only that file, at the sandbox path its node config then names."""
         if not self._processes:
             raise RuntimeError("start the SuperLink first")
         port = free_port()
         index = len(self.supernodes)
-        home = self.workdir / "home" / f"supernode-{index}-{provider}"
-        node_config = _run_config({"data-path": str(Path(data_path).resolve())})
+        name = f"supernode-{index}-{provider}"
+        home = self.workdir / "home" / name
         argv = ["flower-supernode", "--superlink", f"{_HOST}:{self.port}",
-                "--host", _HOST, "--port", str(port), "--node-config", node_config]
+                "--host", _HOST, "--port", str(port),
+                "--node-config", _node_config(data_path, sandboxed)]
+        if sandboxed:
+            argv += ["--isolation", "process"]
         if self._tls is None:
             argv.append("--insecure")
         else:
@@ -299,8 +313,14 @@ class Deployment:
             private, _ = key.write(home / "keys", "supernode")
             argv += ["--root-certificates", str(self._tls.ca_cert),
                      "--auth-supernode-private-key", str(private)]
-        process = self._spawn(f"supernode-{index}-{provider}", argv, home)
-        node = SuperNode(provider, port, Path(data_path), process)
+        process = self._spawn(name, argv, home)
+        superexec = None
+        if sandboxed:
+            self._sandboxes.append(self.workdir / "sandbox" / name)
+            sandbox_bin = clientapp_sandbox.prepare(self._sandboxes[-1], port, data_path)
+            superexec = self._spawn(f"{name}-superexec", _superexec_argv(port),
+                                    self.workdir / "home" / f"{name}-superexec", sandbox_bin)
+        node = SuperNode(provider, port, Path(data_path), process, superexec=superexec)
         self.supernodes.append(node)
         if wait:
             self._wait_listening(process, port)
@@ -376,6 +396,8 @@ class Deployment:
         for process in reversed(self._processes):
             _end(process.popen)
         self._processes.clear()
+        for folder in self._sandboxes:
+            clientapp_sandbox.cleanup(folder)
 
     def __enter__(self) -> Deployment:
         return self.start()
@@ -385,29 +407,47 @@ class Deployment:
         self.stop()
 
 
-def _flower_env(home: Path, intervals: Intervals, bin_dir: Path) -> dict[str, str]:
+def _node_config(data_path: Path, sandboxed: bool) -> str:
+    """The SuperNode's node config: the ClientApp's `data-path`, as the ClientApp sees it."""
+    if sandboxed:
+        return _run_config({"data-path": clientapp_sandbox.inside_data_path(data_path)})
+    return _run_config({"data-path": str(Path(data_path).resolve())})
+
+
+def _superexec_argv(port: int) -> list[str]:
+    """The SuperExec of a sandboxed SuperNode (`--isolation process`): it polls the node's
+    runtime API and starts `flwr-clientapp`, which its PATH makes `clientapp_sandbox`'s."""
+    return ["flower-superexec", "--insecure", "--runtime-api-address", f"{_HOST}:{port}"]
+
+
+def _flower_env(home: Path, intervals: Intervals, bin_dir: Path,
+                path_first: Path | None = None) -> dict[str, str]:
     home.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
+    path = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    if path_first is not None:
+        path = f"{path_first}{os.pathsep}{path}"
     env.update({
         "FLWR_HOME": str(home),
         "FLWR_TELEMETRY_ENABLED": "0",
         "FLWR_DISABLE_UPDATE_CHECK": "1",
         "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": repr(intervals.superexec_poll),
-        "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        "PATH": path,
         "PYTHONUNBUFFERED": "1",
     })
     return env
 
 
 def _spawn(name: str, argv: list[str], home: Path, logs: Path, intervals: Intervals,
-           bin_dir: Path) -> _Process:
+           bin_dir: Path, path_first: Path | None = None) -> _Process:
     log_path = logs / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         popen = subprocess.Popen(  # noqa: S603 - fixed argv of Flower's own executables
             [sys.executable, str(_REAPER), repr(_GRACE), "--",
              str(bin_dir / argv[0]), *argv[1:]], stdin=subprocess.DEVNULL,
-            stdout=log, stderr=subprocess.STDOUT, env=_flower_env(home, intervals, bin_dir),
+            stdout=log, stderr=subprocess.STDOUT,
+            env=_flower_env(home, intervals, bin_dir, path_first),
             cwd=home, start_new_session=True)
     return _Process(name, popen, log_path)
 
@@ -415,31 +455,51 @@ def _spawn(name: str, argv: list[str], home: Path, logs: Path, intervals: Interv
 class RemoteSuperNode:
     """A provider's SuperNode for a consumer's SuperLink elsewhere (a federated job): TLS to
     the SuperLink with the CA the consumer sent, authenticated with the provider's key (its
-    binding sent to the consumer beforehand), the ClientApp's `data-path` the provider's file."""
+    binding sent to the consumer beforehand), the ClientApp's `data-path` the provider's file.
+    `sandboxed`: each ClientApp runs in the bubblewrap sandbox (`clientapp_sandbox`) with that
+    file alone, under a SuperExec of its own (`--isolation process`)."""
 
     def __init__(self, workdir: Path, superlink: str, root_certificate: bytes,
                  private_key: Path, data_path: Path, *, intervals: Intervals | None = None,
-                 bin_dir: Path | None = None, name: str = "supernode") -> None:
+                 bin_dir: Path | None = None, name: str = "supernode",
+                 sandboxed: bool = False) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         ca = workdir / "superlink-ca.pem"
         ca.write_bytes(root_certificate)
         self.port = free_port()
+        intervals = intervals or Intervals()
+        bin_dir = bin_dir or Path(sys.executable).parent
         argv = ["flower-supernode", "--superlink", superlink, "--host", _HOST,
-                "--port", str(self.port),
-                "--node-config", _run_config({"data-path": str(Path(data_path).resolve())}),
+                "--port", str(self.port), "--node-config", _node_config(data_path, sandboxed),
                 "--root-certificates", str(ca), "--auth-supernode-private-key", str(private_key)]
-        self.process = _spawn(name, argv, workdir / "home", workdir / "logs",
-                              intervals or Intervals(), bin_dir or Path(sys.executable).parent)
+        sandbox_bin = None
+        self._sandbox = workdir / "sandbox"
+        if sandboxed:
+            argv += ["--isolation", "process"]
+            sandbox_bin = clientapp_sandbox.prepare(self._sandbox, self.port, data_path)
+        self.process = _spawn(name, argv, workdir / "home", workdir / "logs", intervals, bin_dir)
+        self.superexec: _Process | None = None
+        if sandbox_bin is not None:
+            self.superexec = _spawn(f"{name}-superexec", _superexec_argv(self.port),
+                                    workdir / "home-superexec", workdir / "logs", intervals,
+                                    bin_dir, sandbox_bin)
 
     @property
     def running(self) -> bool:
-        return self.process.popen.poll() is None
+        return self.process.popen.poll() is None and (
+            self.superexec is None or self.superexec.popen.poll() is None)
 
     def log(self) -> str:
-        return self.process.tail(60)
+        if self.superexec is None:
+            return self.process.tail(60)
+        return self.process.tail(60) + "\n--- superexec ---\n" + self.superexec.tail(40)
 
     def stop(self) -> None:
+        if self.superexec is not None:
+            _end(self.superexec.popen)
         _end(self.process.popen)
+        if self.superexec is not None:
+            clientapp_sandbox.cleanup(self._sandbox)
 
 
 def _end(popen: subprocess.Popen[bytes]) -> None:

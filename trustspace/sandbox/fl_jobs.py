@@ -12,9 +12,12 @@ only the product's file, until the consumer says the run ended (`consumer_done`)
 limit; the delivery receipt names the rounds the consumer says this provider served and the
 final model's digest, and the consumer countersigns it.
 
-Not yet: the ClientApp runs with the SuperNode's rights, not in the bubblewrap sandbox; DP and
-SecAgg are checked as declared, not enforced here; the digests of the updates sent are not
-recorded (they pass through Flower's SuperNode, not through trustspace).
+The ClientApp runs in the bubblewrap sandbox (`trustspace.federated.clientapp_sandbox`): one
+sandboxed process per message, the product's file alone read-only, one relayed path to its
+SuperNode's runtime port and no other network.
+
+Not yet: DP and SecAgg are checked as declared, not enforced here; the digests of the updates
+sent are not recorded (they pass through Flower's SuperNode, not through trustspace).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ SUPERNODE = "ts:superNode"  # in the provider's answer: {binding, credential}
 _ADDRESS = re.compile(r"[A-Za-z0-9.-]{1,253}:[0-9]{1,5}")
 # Provider-side waits: a SuperExec that starts ClientApps quickly (Flower's default is 1 s).
 INTERVALS = Intervals(superexec_poll=0.1, reply_poll=0.2)
+ADMISSION_SECONDS = 30.0  # how long a SuperNode may be refused while the consumer admits it
 
 
 def refusal_code(reason: RefusalReason | str) -> str:
@@ -157,12 +161,32 @@ def serve(home: Path, pid: str, provider_id: str, request: FlRequest, data: Path
           workdir: Path, wall_seconds: float, started: datetime) -> RunReport:
     """Run the SuperNode until the consumer's summary arrives (or the wall limit)."""
     folder = _folder(home, pid)
-    node = RemoteSuperNode(workdir / "flower", request.superlink, request.root_certificate,
-                           folder / "supernode", data, intervals=INTERVALS)
-    deadline = time.monotonic() + wall_seconds
+
+    def start(attempt: int) -> RemoteSuperNode:
+        return RemoteSuperNode(workdir / f"flower-{attempt}", request.superlink,
+                               request.root_certificate, folder / "supernode", data,
+                               intervals=INTERVALS, sandboxed=True)
+
+    attempt = 0
+    try:
+        node = start(attempt)
+    except PermissionError as exc:  # the product's file is not readable by the sandbox's uid
+        return RunReport(outcome="failed", code="sandbox-error", detail=str(exc),
+                         started_at=started)
+    begun = time.monotonic()
+    deadline = begun + wall_seconds
     done = folder / "done.json"
     try:
         while not done.exists():
+            if not node.running and time.monotonic() - begun < ADMISSION_SECONDS:
+                # The consumer registers our key once our answer reached it, which may be
+                # after this worker started: a SuperNode refused in its first moments tries
+                # again; later, it is gone for good.
+                node.stop()
+                time.sleep(0.5)
+                attempt += 1
+                node = start(attempt)
+                continue
             if not node.running:
                 return RunReport(outcome="failed", code="fl-supernode-exited",
                                  detail="the SuperNode stopped (refused by the SuperLink, or "

@@ -15,6 +15,8 @@ Inside the sandbox the job sees::
     /job/code                 the bundle, read-only; /job/params.json the parameters
     /job/lib                  trustspace.sandbox.api (and the boot script), read-only
     /data/<name><ext>         each dataset of the job, read-only, nothing else of its folder
+    /job/sockets/<name>       only when `run(sockets=...)` names some: Unix sockets the
+                              caller relays (the federated ClientApp's path to its SuperNode)
     /work                     a private tmpfs of `Limits.work_bytes`: /work/out (outputs)
                               and /work/tmp (= /tmp)
     /proc /dev                a fresh procfs (the sandbox's processes only), a minimal /dev
@@ -71,6 +73,7 @@ DEFAULT_HOST_ID = 2_000_000_000
 EXIT_MEMORY = 121  # _boot.EXIT_MEMORY
 EXIT_BOOT = 122  # _boot.EXIT_BOOT
 MAX_OUTPUT_FILES = 1000
+SOCKETS_DIR = "/job/sockets"  # where `BubblewrapSandbox.run(sockets=...)` binds them
 _DATA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _DATA_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,16}")
 _GRACE = 2.0  # seconds to wait for the pipes to close once the sandbox is gone
@@ -204,6 +207,22 @@ def _datasets(job: SandboxJob, uid: int, gid: int) -> list[tuple[Path, str]]:
                 "the file world-readable")
         suffix = source.suffix.lower() if _DATA_SUFFIX.fullmatch(source.suffix) else ""
         mounts.append((source, f"/data/{name}{suffix}"))
+    return mounts
+
+
+def _sockets(sockets: Mapping[str, Path]) -> list[tuple[Path, str]]:
+    mounts = []
+    for name, host in sorted(sockets.items()):
+        if not isinstance(name, str) or not _DATA_NAME.fullmatch(name):
+            raise JobInvalid(f"bad socket name {name!r} (1..64 letters, digits, '_', '-')")
+        source = Path(host)
+        try:
+            info = source.lstat()
+        except OSError as exc:
+            raise JobInvalid(f"socket {name}: {exc.strerror}: {host}") from None
+        if not stat.S_ISSOCK(info.st_mode):
+            raise JobInvalid(f"socket {name}: {host} is not a Unix socket")
+        mounts.append((source, f"{SOCKETS_DIR}/{name}"))
     return mounts
 
 
@@ -353,8 +372,8 @@ class BubblewrapSandbox:
     # -- the command line --
 
     def _args(self, job: SandboxJob, entry: PurePosixPath, lib: Path, params: Path,
-              datasets: list[tuple[Path, str]],
-              fds: dict[str, int]) -> tuple[list[str], list[str]]:
+              datasets: list[tuple[Path, str]], fds: dict[str, int],
+              sockets: list[tuple[Path, str]] | None = None) -> tuple[list[str], list[str]]:
         """bubblewrap's options (they name host paths, so they go through ``--args FD`` and
         never show in the sandbox's /proc/1/cmdline) and the command it runs."""
         limits = job.limits
@@ -387,6 +406,10 @@ class BubblewrapSandbox:
                  *[a for host, inside in self.python.binds if inside.startswith("/job/")
                    for a in ("--ro-bind", host, inside)],
                  "--perms", "0755", "--dir", "/data"]
+        if sockets:
+            args += ["--perms", "0755", "--dir", SOCKETS_DIR]
+            for source, inside in sockets:
+                args += ["--ro-bind", str(source), inside]
         for source, inside in datasets:
             args += ["--ro-bind", str(source), inside]
         args += ["--size", str(limits.work_bytes), "--perms", "0777", "--tmpfs", "/work",
@@ -419,7 +442,12 @@ class BubblewrapSandbox:
 
     # -- running --
 
-    def run(self, job: SandboxJob, workdir: Path) -> SandboxResult:
+    def run(self, job: SandboxJob, workdir: Path, *,
+            sockets: Mapping[str, Path] | None = None) -> SandboxResult:
+        """Run `job` with `workdir` as its fresh host-side folder. `sockets` (name -> host
+        path of a listening Unix socket) are bound read-only at ``/job/sockets/<name>``: the
+        only way out of the sandbox's network isolation, for a caller that relays one
+        connection (the federated ClientApp's path to its SuperNode); none by default."""
         entry = _entry(job)
         code = Path(job.code_dir).resolve()
         if not _readable(code.stat(), self.host_uid, self.host_gid, folder=True):
@@ -441,7 +469,8 @@ class BubblewrapSandbox:
                 info_r, theirs["info"] = os.pipe()
                 theirs["block"], block_w = os.pipe()
                 mine += [info_r, block_w]
-            options, command = self._args(job, entry, lib, params, datasets, theirs)
+            options, command = self._args(job, entry, lib, params, datasets, theirs,
+                                          _sockets(sockets or {}))
             theirs["args"] = os.memfd_create("bwrap-args")
             os.write(theirs["args"], b"\0".join(a.encode() for a in options) + b"\0")
             os.lseek(theirs["args"], 0, os.SEEK_SET)
