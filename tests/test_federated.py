@@ -343,3 +343,29 @@ def test_stop_ends_and_reaps_every_flower_process(tmp_path: Path) -> None:
         deployment.stop()
     left = started & ({int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()})
     assert not left, f"processes left behind: {left}"
+
+
+def test_a_flower_tree_does_not_outlive_whoever_started_it(tmp_path: Path) -> None:
+    """A node killed mid-job (no `finally` runs) must not leave its SuperNode polling: the
+    reaper notices its parent is gone and ends its tree."""
+    import subprocess
+    import sys
+
+    import trustspace.federated
+
+    reaper = Path(trustspace.federated.__file__).with_name("_reaper.py")
+    script = ("import subprocess, sys, os\n"
+              f"p = subprocess.Popen([sys.executable, {str(reaper)!r}, '1.0', '--', "
+              "'sleep', '300'], start_new_session=True, stdout=subprocess.DEVNULL,\n"
+              "    env={**os.environ, 'TS_REAPER_PARENT': str(os.getpid())})\n"
+              "print(p.pid, flush=True)\n"
+              "os._exit(0)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True, timeout=30)
+    pid = int(done.stdout.strip())
+
+    def gone() -> bool:
+        return not Path(f"/proc/{pid}").exists() or \
+            Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+
+    assert wait_for(gone, timeout=10)

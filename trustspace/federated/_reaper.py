@@ -5,9 +5,9 @@ Flower's processes start others (a SuperNode starts a `flower-superexec`, which 
 the tree is stopped; re-parented to a PID 1 that does not reap (a container), they stay
 zombies. This process makes itself the child subreaper of the tree (Linux
 PR_SET_CHILD_SUBREAPER, prctl(2)), so every orphan in it becomes its child, runs ARGV, and on
-SIGTERM (or when ARGV ends) passes SIGTERM to ARGV, waits GRACE seconds, then SIGKILLs and
-reaps every process left in the tree. It exits with ARGV's status. Standard library only: it
-must start fast and import nothing of trustspace.
+SIGTERM (or when ARGV ends, or when its own parent dies) passes SIGTERM to ARGV, waits GRACE
+seconds, then SIGKILLs and reaps every process left in the tree. It exits with ARGV's status.
+Standard library only: it must start fast and import nothing of trustspace.
 """
 
 from __future__ import annotations
@@ -64,9 +64,13 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    # The spawner names itself: read here, getppid() may already be its successor.
+    parent = int(os.environ.get("TS_REAPER_PARENT") or os.getppid())
     main_pid = os.spawnvp(os.P_NOWAIT, command[0], command)  # noqa: S606
     status: int | None = None
-    while not stop and status is None:
+    # Also stop when whoever started us is gone (a node killed without its `finally`): its
+    # Flower processes must not outlive it, polling a SuperLink for ever.
+    while not stop and status is None and os.getppid() == parent:
         status = _reap().get(main_pid, status)
         time.sleep(0.1)
     if status is None:

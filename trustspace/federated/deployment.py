@@ -434,6 +434,7 @@ def _flower_env(home: Path, intervals: Intervals, bin_dir: Path,
         "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": repr(intervals.superexec_poll),
         "PATH": path,
         "PYTHONUNBUFFERED": "1",
+        "TS_REAPER_PARENT": str(os.getpid()),  # _reaper.py ends the tree when we are gone
     })
     return env
 
