@@ -41,10 +41,13 @@ def npm_cache() -> Path:
     return Path(os.environ.get("TRUSTSPACE_NPM_CACHE") or default)
 
 
-def npm_package(package: str, version: str) -> Path:
+def npm_package(package: str, version: str, *, cache_name: str | None = None) -> Path:
     """The folder of an npm package at `version`, installed into the npm cache on first use
-    (read in place: nothing of it is copied into the repository)."""
-    prefix = npm_cache() / f"{package.replace('/', '-').lstrip('@')}-{version}"
+    (read in place: nothing of it is copied into the repository). Installed beside the target
+    and renamed, so concurrent sessions never see half an install; --ignore-scripts: packages
+    here ship what they need (Anvil's binary comes as an optional dependency)."""
+    name = cache_name or f"{package.replace('/', '-').lstrip('@')}-{version}"
+    prefix = npm_cache() / name
     folder = prefix / "node_modules" / package
     if (folder / "package.json").is_file():
         return folder
@@ -60,7 +63,7 @@ def npm_package(package: str, version: str) -> Path:
         try:
             tmp.rename(prefix)
         except OSError:
-            if not (folder / "package.json").is_file():
+            if not (folder / "package.json").is_file():  # not a concurrent install that won
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -71,31 +74,9 @@ def anvil_binary() -> Path:
     """The pinned Anvil binary for this platform, installed from npm on first use."""
     system = sys.platform  # linux, darwin, win32: the names npm packages use
     arch = _ARCH.get(platform.machine().lower(), platform.machine().lower())
-    prefix = npm_cache() / f"anvil-{ANVIL_VERSION}"
-    binary = (prefix / "node_modules" / "@foundry-rs" / f"anvil-{system}-{arch}" / "bin"
+    wrapper = npm_package("@foundry-rs/anvil", ANVIL_VERSION, cache_name=f"anvil-{ANVIL_VERSION}")
+    binary = (wrapper.parent / f"anvil-{system}-{arch}" / "bin"
               / ("anvil.exe" if system == "win32" else "anvil"))
-    if binary.is_file():
-        return binary
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    # Install beside the target and rename: concurrent sessions never see half an install.
-    # --ignore-scripts: the wrapper's postinstall only re-fetches what the optional dependency
-    # already brought.
-    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix.name}.", dir=prefix.parent))
-    try:
-        npm = subprocess.run(["npm", "install", "--prefix", str(tmp), "--no-audit",
-                              "--no-fund", "--ignore-scripts", "--save-exact",
-                              "--loglevel=error", f"@foundry-rs/anvil@{ANVIL_VERSION}"],
-                             capture_output=True, text=True, timeout=600)
-        if npm.returncode != 0:
-            raise RuntimeError(f"npm install @foundry-rs/anvil@{ANVIL_VERSION} failed:\n"
-                               + npm.stderr[-3000:])
-        try:
-            tmp.rename(prefix)
-        except OSError:
-            if not binary.is_file():  # not a concurrent install that won the race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     if not binary.is_file():
         raise RuntimeError(f"npm installed no Anvil binary for {system}-{arch} at {binary}")
     return binary

@@ -103,3 +103,19 @@ def wait_for(check: Any, timeout: float = 30.0, every: float = 0.05) -> Any:
             return value
         assert time.monotonic() < deadline, "timed out"  # noqa: S101 - a test helper
         time.sleep(every)
+
+
+def agree(consumer: NodeProcess, provider: NodeProcess, dataset: str,
+          offer: str | None = None) -> str:
+    """Negotiate `offer` (the dataset's only one when None) and wait for the agreement id."""
+    body: dict[str, Any] = {"provider_url": provider.url, "dataset": dataset}
+    if offer:
+        body["offer"] = offer
+    started = consumer.ok("POST", "/api/negotiations", body)
+
+    def done() -> str | None:
+        shown = consumer.ok("GET", f"/api/negotiations/{started['pid']}")
+        assert shown["state"] != "TERMINATED", shown
+        return shown["agreementId"] if shown["state"] == "FINALIZED" else None
+
+    return str(wait_for(done))

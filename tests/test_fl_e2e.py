@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
+from tests import nodes
 from tests.nodes import DataSpace, NodeProcess, dataspace, product_spec, research_offer, wait_for
 from trustspace.federated import LOGREG_APP, app_digest
 from trustspace.federated.apps.logreg.logreg_app import task
@@ -78,16 +79,7 @@ def space(tmp_path_factory: pytest.TempPathFactory,
 
 
 def agree(space: DataSpace, hospital: str, dataset: str, offer: str) -> str:
-    provider, consumer = space.members[hospital], space.members["institute"]
-    started = consumer.ok("POST", "/api/negotiations", {
-        "provider_url": provider.url, "dataset": dataset, "offer": offer})
-
-    def done() -> str | None:
-        shown = consumer.ok("GET", f"/api/negotiations/{started['pid']}")
-        assert shown["state"] != "TERMINATED", shown
-        return shown["agreementId"] if shown["state"] == "FINALIZED" else None
-
-    return str(wait_for(done))
+    return nodes.agree(space.members["institute"], space.members[hospital], dataset, offer)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import statsmodels.api as sm
 
+from tests import nodes
 from tests.nodes import DataSpace, NodeProcess, dataspace, product_spec, research_offer, wait_for
 from tests.test_homomorphic import unsafe_context_bytes
 from trustspace.crypto import SM2PrivateKey, sm3
@@ -72,16 +73,7 @@ def space(tmp_path_factory: pytest.TempPathFactory, table: tuple[Path, Any]
 
 
 def agree(space: DataSpace, offer: str) -> str:
-    provider, consumer = space.members["tax-bureau"], space.members["bank"]
-    started = consumer.ok("POST", "/api/negotiations", {
-        "provider_url": provider.url, "dataset": "rand-hie", "offer": offer})
-
-    def done() -> str | None:
-        shown = consumer.ok("GET", f"/api/negotiations/{started['pid']}")
-        assert shown["state"] != "TERMINATED", shown
-        return shown["agreementId"] if shown["state"] == "FINALIZED" else None
-
-    return str(wait_for(done))
+    return nodes.agree(space.members["bank"], space.members["tax-bureau"], "rand-hie", offer)
 
 
 @pytest.fixture(scope="module")

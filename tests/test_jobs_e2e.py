@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests import nodes
 from tests.nodes import DataSpace, NodeProcess, dataspace, product_spec, research_offer, wait_for
 from trustspace.crypto import SM2PrivateKey
 from trustspace.ledger.receipts import verify_receipt
@@ -93,18 +94,7 @@ def space(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 
 def agree(space: DataSpace, offer: str | None = None) -> str:
-    provider, consumer = space.members["hospital"], space.members["insurer"]
-    body: dict[str, Any] = {"provider_url": provider.url, "dataset": "bp-visits"}
-    if offer:
-        body["offer"] = offer
-    started = consumer.ok("POST", "/api/negotiations", body)
-
-    def done() -> str | None:
-        shown = consumer.ok("GET", f"/api/negotiations/{started['pid']}")
-        assert shown["state"] != "TERMINATED", shown
-        return shown["agreementId"] if shown["state"] == "FINALIZED" else None
-
-    return str(wait_for(done))
+    return nodes.agree(space.members["insurer"], space.members["hospital"], "bp-visits", offer)
 
 
 @pytest.fixture(scope="module")
