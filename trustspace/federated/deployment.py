@@ -124,13 +124,21 @@ class SuperNode:
 
     @property
     def running(self) -> bool:
-        return self.process.popen.poll() is None and (
-            self.superexec is None or self.superexec.popen.poll() is None)
+        return _alive(self.process, self.superexec)
 
     def log(self) -> str:
-        if self.superexec is None:
-            return self.process.tail(200)
-        return self.process.tail(120) + "\n--- superexec ---\n" + self.superexec.tail(120)
+        return _tails(self.process, self.superexec, 200, 120)
+
+
+def _alive(process: _Process, superexec: _Process | None) -> bool:
+    """A SuperNode runs while its process and, when sandboxed, its SuperExec both do."""
+    return process.popen.poll() is None and (superexec is None or superexec.popen.poll() is None)
+
+
+def _tails(process: _Process, superexec: _Process | None, alone: int, each: int) -> str:
+    if superexec is None:
+        return process.tail(alone)
+    return process.tail(each) + "\n--- superexec ---\n" + superexec.tail(each)
 
 
 def free_port() -> int:
@@ -487,13 +495,10 @@ class RemoteSuperNode:
 
     @property
     def running(self) -> bool:
-        return self.process.popen.poll() is None and (
-            self.superexec is None or self.superexec.popen.poll() is None)
+        return _alive(self.process, self.superexec)
 
     def log(self) -> str:
-        if self.superexec is None:
-            return self.process.tail(60)
-        return self.process.tail(60) + "\n--- superexec ---\n" + self.superexec.tail(40)
+        return _tails(self.process, self.superexec, 60, 50)
 
     def stop(self) -> None:
         if self.superexec is not None:
