@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -151,6 +152,10 @@ def follow(driver: WebDriver, element: WebElement) -> None:
     page = driver.find_element(By.TAG_NAME, "html")
     element.click()
     WebDriverWait(driver, 10).until(expected_conditions.staleness_of(page))
+    # The old page is gone but the new one may still be parsing; a lookup then can hit a node of the
+    # discarded document ("Node with given id does not belong to the document", seen in CI).
+    WebDriverWait(driver, 10, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: d.execute_script("return document.readyState") == "complete")
 
 
 def sign_in(driver: WebDriver, token: str) -> None:

@@ -13,6 +13,7 @@ import shutil
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,8 +31,16 @@ from trustspace.federated import (
     SuperNodeKey,
     bind_supernode_key,
 )
+from trustspace.federated.app_digest import fab_sha256
 from trustspace.federated.apps.logreg.logreg_app import task
-from trustspace.federated.clientapp_sandbox import cleanup, inside_data_path, launch, prepare
+from trustspace.federated.clientapp_sandbox import (
+    Guard,
+    cleanup,
+    inside_data_path,
+    launch,
+    prepare,
+)
+from trustspace.federated.update_digest import content_digest
 from trustspace.sandbox import BubblewrapSandbox, JobInvalid, SandboxJob
 from trustspace.sandbox.runner import DEFAULT_HOST_ID
 
@@ -387,3 +396,90 @@ def _alive_as(pid: int, uid: int) -> bool:
         return False
     line = next(s for s in status.splitlines() if s.startswith("Uid:"))
     return int(line.split()[1]) == uid
+
+
+# ---- what the provider enforces around the ClientApp (clientapp_sandbox.Guard) ---------------
+
+def _clipped(update: np.ndarray, norm: float) -> np.ndarray:
+    return update * min(1.0, norm / float(np.linalg.norm(update)))
+
+
+@pytest.mark.slow
+def test_the_provider_noises_train_replies_and_records_every_reply_digest(
+        tmp_path: Path) -> None:
+    """One provider requires DP (clip 0.5, noise multiplier 1.0), the other only the approved
+    app: the DP provider's update as the aggregate reveals it is its clean update clipped to
+    0.5 plus Gaussian noise of std 0.5; every reply's SM3 digest is recorded, and the plain
+    provider's train digest is the digest of the reply recomputed here from its data."""
+    with warnings.catch_warnings():  # flwr imports typer, which uses click's deprecated names
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from flwr.app import ArrayRecord, MetricRecord, RecordDict
+
+    x, y = load_breast_cancer(return_X_y=True)
+    order = np.random.default_rng(5).permutation(len(y))
+    parts = np.array_split(order[:300], 2)
+    fab = fab_sha256(LOGREG_APP)
+    dp = {"clipping_norm": 0.5, "noise_multiplier": 1.0}
+    guards = {"dp": Guard(fab_sha256=fab, dp=dp), "plain": Guard(fab_sha256=fab)}
+    data = {}
+    with Deployment(tmp_path / "deployment", intervals=FAST) as d:
+        for (name, guard), rows in zip(guards.items(), parts, strict=True):
+            data[name] = tmp_path / name / "data.csv"
+            data[name].parent.mkdir()
+            _write_csv(data[name], x[rows], y[rows])
+            identity, node_key = SM2PrivateKey.generate(), SuperNodeKey.generate()
+            d.admit(bind_supernode_key(name, node_key.public_openssh, identity),
+                    name, identity.public_key)
+            d.start_supernode(name, data[name], node_key, sandboxed=True, guard=guard)
+        result = d.run(LOGREG_APP, 1, {"min-nodes": 2, "fraction-evaluate": 0.0})
+        sent = {n.provider: n.sent_updates() for n in d.supernodes}
+    (report,) = result.rounds
+    assert sorted(report.trained_by) == ["dp", "plain"]
+    for name in guards:
+        assert [(u["type"], u["dp"]) for u in sent[name]] == \
+            [("query", False), ("train", name == "dp")], sent[name]
+        assert all(u["digest"].startswith("sm3:") and len(u["digest"]) == 68
+                   for u in sent[name])
+
+    loaded = {name: task.load_csv(path) for name, path in data.items()}
+    mean, std = task.pooled_scale([task.moments(lx) for lx, _ in loaded.values()])
+    w0 = task.initial_weights(x.shape[1])
+    clean = {}
+    for name, (lx, ly) in loaded.items():
+        clean[name] = task.train(w0, task.standardise(lx, mean, std), ly, 40, 0.5, 0.0001)
+    n = {name: len(ly) for name, (_, ly) in loaded.items()}
+    # FedAvg by num-examples: recover what the DP provider sent from the aggregate
+    sent_dp = ((n["dp"] + n["plain"]) * result.arrays["weights"] - n["plain"] * clean["plain"]) \
+        / n["dp"]
+    clean_update = clean["dp"] - w0
+    assert np.linalg.norm(clean_update) > 1.0  # so clipping to 0.5 really bites
+    noise = sent_dp - w0 - _clipped(clean_update, 0.5)
+    assert 0.3 < float(np.std(noise)) < 0.75, noise  # std 0.5 (= 1.0 x 0.5), 31 draws
+    assert not np.allclose(sent_dp, clean["dp"])
+
+    lx, ly = loaded["plain"]
+    loss, accuracy = task.evaluate(clean["plain"], task.standardise(lx, mean, std), ly)
+    reply = RecordDict({"arrays": ArrayRecord([clean["plain"]]),
+                        "metrics": MetricRecord({"train-loss": loss, "train-accuracy": accuracy,
+                                                 "num-examples": len(ly)})})
+    assert sent["plain"][1]["digest"] == content_digest(reply)
+
+
+@pytest.mark.slow
+def test_a_clientapp_of_another_app_than_the_approved_one_is_not_run(tmp_path: Path) -> None:
+    x, y = load_breast_cancer(return_X_y=True)
+    data = tmp_path / "data.csv"
+    _write_csv(data, x[:100], y[:100])
+    with Deployment(tmp_path / "deployment", intervals=FAST) as d:
+        identity, node_key = SM2PrivateKey.generate(), SuperNodeKey.generate()
+        d.admit(bind_supernode_key("h", node_key.public_openssh, identity), "h",
+                identity.public_key)
+        node = d.start_supernode("h", data, node_key, sandboxed=True,
+                                 guard=Guard(fab_sha256="0" * 64))
+        with pytest.raises(FlowerError):
+            d.run(LOGREG_APP, 1, {"min-nodes": 1})
+        sent = node.sent_updates()
+        log = node.log()
+    assert sent and sent[0]["refused"] == "app-not-approved"
+    assert sent[0]["fab_sha256"] == [fab_sha256(LOGREG_APP)]
+    assert "not the one the provider approved" in log

@@ -13,8 +13,12 @@ special files are refused: what they point at could change without the digest ch
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 from trustspace.crypto import canonical_json, sm3, sm3_file
@@ -53,3 +57,23 @@ def app_digest(root: Path) -> str:
     """``sm3:<hex>`` of the app directory `root` (see the module docstring)."""
     listing = [[rel, sm3_file(path).hex()] for rel, path in app_files(root)]
     return "sm3:" + sm3(canonical_json({"format": FORMAT, "files": listing})).hex()
+
+
+def fab_sha256(root: Path, bin_dir: Path | None = None) -> str:
+    """The sha256 (hex) of the app archive (FAB) Flower builds from `root`: what a SuperNode
+    receives when a consumer runs that app. Flower builds it deterministically (fixed file
+    times, its own file selection, its pyproject.toml rewritten), so the provider rebuilds it
+    from the app it approved with the same `flwr build` and compares (`clientapp_sandbox.Guard`)."""
+    app_files(root)  # the same refusals as the digest
+    flwr = Path(bin_dir or Path(sys.executable).parent) / "flwr"
+    with tempfile.TemporaryDirectory(prefix="ts-fab-") as out:
+        done = subprocess.run([str(flwr), "build", "--app", str(Path(root).resolve())],  # noqa: S603
+                              cwd=out, capture_output=True, timeout=120,
+                              env={**os.environ, "FLWR_HOME": out,
+                                   "FLWR_TELEMETRY_ENABLED": "0",
+                                   "FLWR_DISABLE_UPDATE_CHECK": "1"})
+        built = list(Path(out).glob("*.fab"))
+        if done.returncode != 0 or len(built) != 1:
+            raise AppInvalid("flwr build failed: " + (done.stdout + done.stderr).decode(
+                errors="replace")[-400:])
+        return hashlib.sha256(built[0].read_bytes()).hexdigest()

@@ -14,8 +14,13 @@ on that SuperExec's PATH; it runs `launch`, which for each message
    (`inside_data_path`: the SuperNode's node config names that path, not the host's), the
    socket at /job/sockets/runtime, a tmpfs /work where Flower unpacks the app (FAB) it
    receives, and the node's site-packages read-only;
-3. writes the sandbox's outcome and output to its stderr (the SuperExec's log) and exits
-   with the sandbox's status.
+3. writes the sandbox's outcome and output to its stderr (the SuperExec's log), appends what
+   the entry recorded of the message (the reply's SM3 digest, whether DP was applied, or why
+   the app was refused) to the folder's ``updates.jsonl`` (`sent_updates` reads it), and
+   exits with the sandbox's status.
+
+`Guard` is what the provider enforces inside (the entry script's docstring): the approved
+app's FAB hash and the differential privacy every train reply gets.
 
 Inside, the entry script points Flower's runtime HTTP client at the socket (Flower refuses
 ``unix:`` addresses and the seccomp filter refuses every socket but AF_UNIX, so the sandbox has
@@ -40,13 +45,17 @@ import socket
 import sys
 import tempfile
 import threading
-from dataclasses import asdict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+from trustspace import strict_json
 from trustspace.sandbox.errors import SandboxError
 from trustspace.sandbox.runner import DEFAULT_HOST_ID, BubblewrapSandbox, Limits, SandboxJob
 
-__all__ = ["CLIENTAPP_LIMITS", "DATA_DIR", "cleanup", "inside_data_path", "launch", "prepare"]
+__all__ = ["CLIENTAPP_LIMITS", "DATA_DIR", "Guard", "cleanup", "inside_data_path", "launch",
+           "prepare", "sent_updates"]
 
 #: Where the provider's file appears inside the sandbox.
 DATA_DIR = "/data"
@@ -56,10 +65,23 @@ CLIENTAPP_LIMITS = Limits(cpu_seconds=300, wall_seconds=600.0, memory_bytes=4096
                           processes=64, open_files=256, work_bytes=256 * 1024 * 1024)
 _HOST = "127.0.0.1"
 _ENTRY = Path(__file__).with_name("_clientapp_entry.py")
+_DIGEST = Path(__file__).with_name("update_digest.py")
+_UPDATES = "updates.jsonl"
+_MAX_RECORD = 4096  # bytes of one update.json: the entry writes a few hundred
 _SOCKET_BASE = 80  # longest folder for the sockets (a socket's path has at most 108 bytes)
 _CONFIG = "clientapp-sandbox.json"
 _MAX_CONNECTIONS = 16  # relayed connections open at once, per ClientApp
 _CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class Guard:
+    """What the provider enforces on each sandboxed ClientApp: the sha256 of the approved
+    app's FAB (None: not checked) and differential privacy for every train reply (None:
+    none), as ``{"clipping_norm": C, "noise_multiplier": z}``."""
+
+    fab_sha256: str | None = None
+    dp: Mapping[str, float] | None = None
 
 
 def inside_data_path(data_path: Path) -> str:
@@ -70,7 +92,7 @@ def inside_data_path(data_path: Path) -> str:
 
 
 def prepare(folder: Path, runtime_port: int, data_path: Path,
-            limits: Limits = CLIENTAPP_LIMITS) -> Path:
+            limits: Limits = CLIENTAPP_LIMITS, guard: Guard | None = None) -> Path:
     """Write `folder`/bin/flwr-clientapp (the launcher) and its configuration; return the bin
     folder, to put first on the SuperExec's PATH. `cleanup(folder)` when the SuperNode ended."""
     data = Path(data_path).resolve()
@@ -90,7 +112,10 @@ def prepare(folder: Path, runtime_port: int, data_path: Path,
     config.write_text(json.dumps({
         "runtime_port": runtime_port, "data_path": str(data),
         "inside": inside_data_path(data_path), "limits": asdict(limits),
-        "runs": str(folder / "runs"), "sockets": str(sockets)}), encoding="utf-8")
+        "runs": str(folder / "runs"), "sockets": str(sockets),
+        "updates": str(folder / _UPDATES),
+        "guard": {"fab_sha256": guard.fab_sha256, "dp": dict(guard.dp) if guard.dp else None}
+        if guard else {}}), encoding="utf-8")
     root = Path(__file__).resolve().parents[2]  # the folder that holds the trustspace package
     script = bin_dir / "flwr-clientapp"
     script.write_text(
@@ -101,6 +126,32 @@ def prepare(folder: Path, runtime_port: int, data_path: Path,
         f"sys.exit(launch({str(config)!r}, sys.argv[1:]))\n", encoding="utf-8")
     script.chmod(0o755)
     return bin_dir
+
+
+def sent_updates(folder: Path) -> list[dict[str, Any]]:
+    """What each sandboxed ClientApp of this folder's SuperNode recorded, in launch order:
+    ``{"type", "round", "dp", "error", "digest"}`` per reply, or ``{"refused", ...}``."""
+    try:
+        lines = (Path(folder) / _UPDATES).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in lines if line]
+
+
+def _record_update(config: Mapping[str, Any], out_dir: Path) -> None:
+    """Append the entry's update.json (written by code in the sandbox: checked, size-bound)."""
+    path = out_dir / "update.json"
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > _MAX_RECORD:
+            return
+        record = strict_json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return
+    if isinstance(record, dict):
+        keep = {k: record[k] for k in ("type", "round", "dp", "error", "digest", "refused",
+                                        "fab_sha256") if k in record}
+        with open(config["updates"], "a", encoding="utf-8") as f:
+            f.write(json.dumps(keep) + "\n")
 
 
 def cleanup(folder: Path) -> None:
@@ -209,13 +260,16 @@ def launch(config_path: str, argv: list[str]) -> int:
         code = workdir / "code"
         code.mkdir(mode=0o755)
         shutil.copyfile(_ENTRY, code / "clientapp.py")
-        (code / "clientapp.py").chmod(0o644)
+        shutil.copyfile(_DIGEST, code / "update_digest.py")
+        for script in code.iterdir():
+            script.chmod(0o644)
         relay = _Relay(sockets / "runtime", port)
         try:
             name = Path(config["inside"]).name
             job = SandboxJob(code, "clientapp.py",
                              data={Path(name).stem: Path(config["data_path"])},
-                             parameters={"address": f"{_HOST}:{port}", "token": token},
+                             parameters={"address": f"{_HOST}:{port}", "token": token,
+                                         **config.get("guard", {})},
                              limits=Limits(**config["limits"]))
             result = BubblewrapSandbox().run(job, workdir / "job",
                                              sockets={"runtime": sockets / "runtime"})
@@ -225,6 +279,7 @@ def launch(config_path: str, argv: list[str]) -> int:
             return 1
         finally:
             relay.close()
+        _record_update(config, result.out_dir)
         err = sys.stderr.buffer
         err.write(result.stdout + result.stderr)
         err.write(f"trustspace: sandboxed ClientApp: {result.outcome.value}: "

@@ -121,10 +121,15 @@ class SuperNode:
     process: _Process
     node_id: int | None = None
     superexec: _Process | None = None  # sandboxed: the SuperExec that launches its ClientApps
+    sandbox: Path | None = None  # sandboxed: the clientapp_sandbox folder
 
     @property
     def running(self) -> bool:
         return _alive(self.process, self.superexec)
+
+    def sent_updates(self) -> list[dict[str, Any]]:
+        """What each sandboxed ClientApp recorded of its reply (`clientapp_sandbox`)."""
+        return [] if self.sandbox is None else clientapp_sandbox.sent_updates(self.sandbox)
 
     def log(self) -> str:
         return _tails(self.process, self.superexec, 200, 120)
@@ -298,7 +303,8 @@ class Deployment:
 
     def start_supernode(self, provider: str, data_path: Path,
                         key: SuperNodeKey | None = None, wait: bool = True, *,
-                        sandboxed: bool = False) -> SuperNode:
+                        sandboxed: bool = False,
+                        guard: clientapp_sandbox.Guard | None = None) -> SuperNode:
         """Start `provider`'s SuperNode; its ClientApp gets `data-path` in its node config.
         `sandboxed`: each ClientApp runs in the bubblewrap sandbox (`clientapp_sandbox`),
         with only that file, at the sandbox path its node config then names."""
@@ -325,10 +331,12 @@ class Deployment:
         superexec = None
         if sandboxed:
             self._sandboxes.append(self.workdir / "sandbox" / name)
-            sandbox_bin = clientapp_sandbox.prepare(self._sandboxes[-1], port, data_path)
+            sandbox_bin = clientapp_sandbox.prepare(self._sandboxes[-1], port, data_path,
+                                                    guard=guard)
             superexec = self._spawn(f"{name}-superexec", _superexec_argv(port),
                                     self.workdir / "home" / f"{name}-superexec", sandbox_bin)
-        node = SuperNode(provider, port, Path(data_path), process, superexec=superexec)
+        node = SuperNode(provider, port, Path(data_path), process, superexec=superexec,
+                         sandbox=self._sandboxes[-1] if sandboxed else None)
         self.supernodes.append(node)
         if wait:
             self._wait_listening(process, port)
@@ -471,7 +479,8 @@ class RemoteSuperNode:
     def __init__(self, workdir: Path, superlink: str, root_certificate: bytes,
                  private_key: Path, data_path: Path, *, intervals: Intervals | None = None,
                  bin_dir: Path | None = None, name: str = "supernode",
-                 sandboxed: bool = False) -> None:
+                 sandboxed: bool = False,
+                 guard: clientapp_sandbox.Guard | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         ca = workdir / "superlink-ca.pem"
         ca.write_bytes(root_certificate)
@@ -485,7 +494,8 @@ class RemoteSuperNode:
         self._sandbox = workdir / "sandbox"
         if sandboxed:
             argv += ["--isolation", "process"]
-            sandbox_bin = clientapp_sandbox.prepare(self._sandbox, self.port, data_path)
+            sandbox_bin = clientapp_sandbox.prepare(self._sandbox, self.port, data_path,
+                                                    guard=guard)
         self.process = _spawn(name, argv, workdir / "home", workdir / "logs", intervals, bin_dir)
         self.superexec: _Process | None = None
         if sandbox_bin is not None:
@@ -496,6 +506,10 @@ class RemoteSuperNode:
     @property
     def running(self) -> bool:
         return _alive(self.process, self.superexec)
+
+    def sent_updates(self) -> list[dict[str, Any]]:
+        """What each sandboxed ClientApp recorded of its reply (`clientapp_sandbox`)."""
+        return clientapp_sandbox.sent_updates(self._sandbox)
 
     def log(self) -> str:
         return _tails(self.process, self.superexec, 60, 50)
