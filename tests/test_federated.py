@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -369,3 +370,41 @@ def test_a_flower_tree_does_not_outlive_whoever_started_it(tmp_path: Path) -> No
             Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
 
     assert wait_for(gone, timeout=10)
+
+
+@pytest.mark.slow
+def test_a_provider_leaving_mid_run_is_recorded_and_the_others_carry_on(
+        tmp_path: Path) -> None:
+    """The third provider's SuperNode dies as its first train message arrives: as Flower
+    handles it, round 1 aggregates the two replies that came and records the third as failed
+    (by provider name, though the error reply came from the SuperLink), and round 2 runs on
+    the two that are left."""
+    x, y = load_breast_cancer(return_X_y=True)
+    parts = np.array_split(np.random.default_rng(3).permutation(len(y))[:420], 3)
+    names = ("h-a", "h-b", "h-leaves")
+    with Deployment(tmp_path / "d", intervals=FAST) as d:
+        for name, rows in zip(names, parts, strict=True):
+            path = tmp_path / f"{name}.csv"
+            _write_csv(path, x[rows], y[rows])
+            identity, key = SM2PrivateKey.generate(), SuperNodeKey.generate()
+            d.admit(bind_supernode_key(name, key.public_openssh, identity), name,
+                    identity.public_key)
+            d.start_supernode(name, path, key)
+        leaver = d.supernodes[2]
+        killed: list[float] = []
+
+        def leave_at_first_train() -> None:
+            wait_for(lambda: "Receiving: train message" in leaver.log(), timeout=240,
+                     every=0.1)
+            leaver.process.popen.terminate()  # its reaper ends the SuperNode's tree
+            killed.append(time.monotonic())
+
+        watcher = threading.Thread(target=leave_at_first_train, daemon=True)
+        watcher.start()
+        result = d.run(LOGREG_APP, 2, {"min-nodes": 2, "fraction-evaluate": 0.0})
+        watcher.join(5)
+    assert killed and not leaver.running
+    first, second = result.rounds
+    assert first.trained_by == ("h-a", "h-b") and first.failed == ("h-leaves",)
+    assert second.trained_by == ("h-a", "h-b") and second.failed == ()
+    assert np.isfinite(result.arrays["weights"]).all()

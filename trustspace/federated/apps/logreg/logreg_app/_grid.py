@@ -56,7 +56,11 @@ class PollingGrid(Grid):
         messages = list(messages)
         key = _key(messages[0]) if messages else ("none", -1)
         sent = time.time()
-        pending = set(self.push_messages(messages))
+        ids = list(self.push_messages(messages))
+        pending = set(ids)
+        # An error reply for a node that went away comes from the SuperLink, not the node: the
+        # node it was for is the original message's destination.
+        to = {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages, strict=True)}
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
         while pending:
@@ -69,7 +73,8 @@ class PollingGrid(Grid):
         self.times[key] = (sent, time.time())
         for reply in replies:
             table = self.failed if reply.has_error() else self.replied
-            table.setdefault(key, []).append(reply.metadata.src_node_id)
+            node = to.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            table.setdefault(key, []).append(node)
         return replies
 
 
