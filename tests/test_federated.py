@@ -33,6 +33,7 @@ from trustspace.federated import (
     FederatedRequest,
     FederatedResult,
     Intervals,
+    Progress,
     RefusalReason,
     SuperNodeKey,
     app_digest,
@@ -401,9 +402,18 @@ def test_a_provider_leaving_mid_run_is_recorded_and_the_others_carry_on(
 
         watcher = threading.Thread(target=leave_at_first_train, daemon=True)
         watcher.start()
-        result = d.run(LOGREG_APP, 2, {"min-nodes": 2, "fraction-evaluate": 0.0})
+        seen: list[tuple[float, Progress]] = []
+        result = d.run(LOGREG_APP, 2, {"min-nodes": 2, "fraction-evaluate": 0.0},
+                       on_progress=lambda p: seen.append((time.monotonic(), p)))
+        ended = time.monotonic()
         watcher.join(5)
     assert killed and not leaver.running
+    # the rounds were reported as they ended, not after the run
+    assert [(p.kind, p.round) for _, p in seen] == [("query", -1), ("train", 1), ("train", 2)]
+    assert seen[1][0] < ended - 1.0
+    assert seen[1][1].replied == ("h-a", "h-b") and seen[1][1].failed == ("h-leaves",)
+    assert {"train-loss", "train-accuracy"} <= set(seen[2][1].metrics)
+    assert seen[2][1].metrics["train-loss"] < seen[1][1].metrics["train-loss"]
     first, second = result.rounds
     assert first.trained_by == ("h-a", "h-b") and first.failed == ("h-leaves",)
     assert second.trained_by == ("h-a", "h-b") and second.failed == ()

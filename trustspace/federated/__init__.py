@@ -18,6 +18,7 @@ from .deployment import (
     FederatedResult,
     FlowerError,
     Intervals,
+    Progress,
     RoundReport,
     SuperNode,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "FederatedResult",
     "FlowerError",
     "Intervals",
+    "Progress",
     "KeyBinding",
     "LOGREG_APP",
     "RefusalReason",

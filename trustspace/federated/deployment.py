@@ -25,8 +25,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -88,6 +89,19 @@ class RoundReport:
     evaluated_by: tuple[str, ...]
     failed: tuple[str, ...]
     seconds: float  # from sending the round's training messages to its last reply
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One exchange of a running federated job as it ended: a query, a train or an evaluate
+    round; who answered, who failed, the replies' metrics averaged by number of examples."""
+
+    kind: str  # the message type: "query", "train", "evaluate"
+    round: int  # the server round (-1: not part of a round)
+    replied: tuple[str, ...]
+    failed: tuple[str, ...]
+    seconds: float
+    metrics: Mapping[str, float]
 
 
 @dataclass(frozen=True)
@@ -270,6 +284,45 @@ class Deployment:
             env=self._env(self._cli_home()), cwd=self._cli_home(), timeout=timeout,
             check=False)
 
+    def _flwr_following(self, args: list[str], timeout: float, progress: Path,
+                        on_progress: Callable[[Progress], None]
+                        ) -> subprocess.CompletedProcess[str]:
+        """`_flwr`, calling `on_progress` for each new line of `progress` while it runs."""
+        with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+            popen = subprocess.Popen(  # noqa: S603 - fixed argv of Flower's own CLI
+                [str(self.bin_dir / "flwr"), *args], stdout=stdout, stderr=stderr, text=True,
+                env=self._env(self._cli_home()), cwd=self._cli_home())
+            deadline = time.monotonic() + timeout
+            seen = 0
+            while True:
+                ended = popen.poll() is not None
+                lines = progress.read_text(encoding="utf-8").splitlines() \
+                    if progress.exists() else []
+                for line in lines[seen:]:
+                    if line.endswith("}"):  # a line still being written waits for next time
+                        on_progress(self._progress(json.loads(line)))
+                        seen += 1
+                    else:
+                        break
+                if ended:
+                    break
+                if time.monotonic() > deadline:
+                    popen.kill()
+                    popen.wait()
+                    raise subprocess.TimeoutExpired(args, timeout)
+                time.sleep(0.2)
+            stdout.seek(0)
+            stderr.seek(0)
+            return subprocess.CompletedProcess(args, popen.returncode, stdout.read(),
+                                               stderr.read())
+
+    def _progress(self, line: dict[str, Any]) -> Progress:
+        return Progress(kind=str(line["type"]), round=int(line["round"]),
+                        replied=self._who(line.get("replied", [])),
+                        failed=self._who(line.get("failed", [])),
+                        seconds=float(line.get("seconds", 0.0)),
+                        metrics={k: float(v) for k, v in line.get("metrics", {}).items()})
+
     def registered_nodes(self) -> list[dict[str, Any]]:
         """The SuperNodes the SuperLink knows (`flwr supernode ls --format json`)."""
         done = self._flwr(["supernode", "ls", _CONNECTION, "--format", "json"], timeout=60)
@@ -346,8 +399,11 @@ class Deployment:
 
     def run(self, app_dir: Path, rounds: int,
             config: Mapping[str, str | int | float | bool] | None = None,
-            timeout: float = 900.0) -> FederatedResult:
-        """`flwr run <app_dir> --stream` for `rounds` rounds; wait for the end, read results."""
+            timeout: float = 900.0,
+            on_progress: Callable[[Progress], None] | None = None) -> FederatedResult:
+        """`flwr run <app_dir> --stream` for `rounds` rounds; wait for the end, read results.
+        `on_progress` is called (in this thread) with each exchange of the run as it ends, as
+        the app reports it (`progress.jsonl` in its result dir; apps/logreg writes it)."""
         app_dir = Path(app_dir).resolve()
         digest = app_digest(app_dir)
         out = self.workdir / "runs" / f"run-{time.monotonic_ns()}"
@@ -357,8 +413,11 @@ class Deployment:
             "result-dir": str(out)}
         values.update(config or {})
         started = time.monotonic()
-        done = self._flwr(["run", str(app_dir), _CONNECTION, "--stream",
-                           "--run-config", _run_config(values)], timeout=timeout)
+        args = ["run", str(app_dir), _CONNECTION, "--stream", "--run-config", _run_config(values)]
+        if on_progress is None:
+            done = self._flwr(args, timeout=timeout)
+        else:
+            done = self._flwr_following(args, timeout, out / "progress.jsonl", on_progress)
         seconds = time.monotonic() - started
         log = done.stdout + done.stderr
         (out / "flwr-run.log").write_text(log, encoding="utf-8")

@@ -7,6 +7,7 @@ SuperNodes answered which round is what a delivery receipt needs.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 
@@ -17,11 +18,12 @@ from flwr.supercore.run import Run
 
 
 class PollingGrid(Grid):
-    def __init__(self, inner: Grid, poll_interval: float) -> None:
+    def __init__(self, inner: Grid, poll_interval: float, progress: str | None = None) -> None:
         if not 0.01 <= poll_interval <= 60:
             raise ValueError("poll interval must be within [0.01, 60] seconds")
         self._inner = inner
         self._interval = poll_interval
+        self._progress = progress  # a file to append one JSON line to per exchange, or None
         # (message type, server round or -1) -> node ids that replied / that replied an error
         self.replied: dict[tuple[str, int], list[int]] = {}
         self.failed: dict[tuple[str, int], list[int]] = {}
@@ -75,7 +77,33 @@ class PollingGrid(Grid):
             table = self.failed if reply.has_error() else self.replied
             node = to.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             table.setdefault(key, []).append(node)
+        if self._progress and messages:  # (FedAvg asks for nothing when it skips evaluation)
+            self._report(self._progress, key, replies)
         return replies
+
+    def _report(self, path: str, key: tuple[str, int], replies: list[Message]) -> None:
+        """One line per exchange, as it ends, for whoever follows the run (the consumer's CLI):
+        who answered, who failed, how long it took, the replies' metrics averaged by
+        `num-examples` (the metrics FedAvg aggregates; per-node values are not written)."""
+        sums: dict[str, float] = {}
+        weight = 0.0
+        for reply in replies:
+            if reply.has_error():
+                continue
+            for record in reply.content.metric_records.values():
+                n = record.get("num-examples")
+                if not isinstance(n, int) or n < 1:
+                    continue
+                weight += n
+                for name, value in record.items():
+                    if name != "num-examples" and isinstance(value, int | float):
+                        sums[name] = sums.get(name, 0.0) + n * float(value)
+        sent, ended = self.times[key]
+        line = {"type": key[0], "round": key[1], "replied": self.replied.get(key, []),
+                "failed": self.failed.get(key, []), "seconds": ended - sent,
+                "metrics": {k: v / weight for k, v in sums.items()} if weight else {}}
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
 
 
 def _key(message: Message) -> tuple[str, int]:

@@ -59,7 +59,9 @@ def _records(table: dict[int, Any]) -> dict[str, dict[str, Any]]:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
-    polling = PollingGrid(grid, float(cfg["reply-poll-interval"]))
+    out = str(cfg["result-dir"])
+    polling = PollingGrid(grid, float(cfg["reply-poll-interval"]),
+                          str(Path(out) / "progress.jsonl") if out else None)
     min_nodes = int(cfg["min-nodes"])
     fraction_evaluate = float(cfg["fraction-evaluate"])
     nodes = _wait_for_nodes(polling, min_nodes, timeout=300, interval=0.5)
@@ -74,7 +76,6 @@ def main(grid: Grid, context: Context) -> None:
                             num_rounds=int(cfg["num-server-rounds"]),
                             train_config=scale, evaluate_config=ConfigRecord(dict(scale)))
 
-    out = str(cfg["result-dir"])
     if not out:
         return
     (w,) = result.arrays.to_numpy_ndarrays()
