@@ -28,6 +28,7 @@ from trustspace.federated import (
     Deployment,
     FlowerError,
     Intervals,
+    Progress,
     SuperNodeKey,
     bind_supernode_key,
 )
@@ -431,7 +432,9 @@ def test_the_provider_noises_train_replies_and_records_every_reply_digest(
             d.admit(bind_supernode_key(name, node_key.public_openssh, identity),
                     name, identity.public_key)
             d.start_supernode(name, data[name], node_key, sandboxed=True, guard=guard)
-        result = d.run(LOGREG_APP, 1, {"min-nodes": 2, "fraction-evaluate": 0.0})
+        seen: list[Progress] = []
+        result = d.run(LOGREG_APP, 1, {"min-nodes": 2, "fraction-evaluate": 0.0},
+                       on_progress=seen.append)
         sent = {n.provider: n.sent_updates() for n in d.supernodes}
     (report,) = result.rounds
     assert sorted(report.trained_by) == ["dp", "plain"]
@@ -440,6 +443,11 @@ def test_the_provider_noises_train_replies_and_records_every_reply_digest(
             [("query", False), ("train", name == "dp")], sent[name]
         assert all(u["digest"].startswith("sm3:") and len(u["digest"]) == 68
                    for u in sent[name])
+
+    # what the consumer received is what each provider recorded sending, reply by reply
+    assert [p.kind for p in seen] == ["query", "train"]
+    for i, progress in enumerate(seen):
+        assert progress.digests == {name: sent[name][i]["digest"] for name in guards}
 
     loaded = {name: task.load_csv(path) for name, path in data.items()}
     mean, std = task.pooled_scale([task.moments(lx) for lx, _ in loaded.values()])

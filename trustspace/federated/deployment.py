@@ -102,6 +102,7 @@ class Progress:
     failed: tuple[str, ...]
     seconds: float
     metrics: Mapping[str, float]
+    digests: Mapping[str, str] = field(default_factory=dict)  # provider -> reply's SM3
 
 
 @dataclass(frozen=True)
@@ -321,7 +322,9 @@ class Deployment:
                         replied=self._who(line.get("replied", [])),
                         failed=self._who(line.get("failed", [])),
                         seconds=float(line.get("seconds", 0.0)),
-                        metrics={k: float(v) for k, v in line.get("metrics", {}).items()})
+                        metrics={k: float(v) for k, v in line.get("metrics", {}).items()},
+                        digests={self._who([int(n)])[0]: str(d)
+                                 for n, d in line.get("digests", {}).items()})
 
     def registered_nodes(self) -> list[dict[str, Any]]:
         """The SuperNodes the SuperLink knows (`flwr supernode ls --format json`)."""

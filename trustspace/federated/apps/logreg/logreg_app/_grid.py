@@ -101,7 +101,8 @@ class PollingGrid(Grid):
         sent, ended = self.times[key]
         line = {"type": key[0], "round": key[1], "replied": self.replied.get(key, []),
                 "failed": self.failed.get(key, []), "seconds": ended - sent,
-                "metrics": {k: v / weight for k, v in sums.items()} if weight else {}}
+                "metrics": {k: v / weight for k, v in sums.items()} if weight else {},
+                "digests": _digests(replies)}
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
 
@@ -111,3 +112,15 @@ def _key(message: Message) -> tuple[str, int]:
     server_round = config.get("server-round") if config is not None else None
     return (message.metadata.message_type,
             server_round if isinstance(server_round, int) else -1)
+
+
+def _digests(replies: list[Message]) -> dict[str, str]:
+    """Node id -> SM3 digest of the reply's content, as the providers' receipts name them
+    (`trustspace.federated.update_digest`), so that the consumer can check those receipts
+    against what it received. Empty where trustspace is not installed beside the app."""
+    try:
+        from trustspace.federated.update_digest import content_digest
+    except ImportError:
+        return {}
+    return {str(r.metadata.src_node_id): content_digest(r.content)
+            for r in replies if not r.has_error()}
