@@ -58,8 +58,8 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 WALKTHROUGH = [ROOT / "docs" / "operator.md", ROOT / "docs" / "regulator.md"]
 OFFLINE = {("keys", "new"), ("keys", "show"), ("sign",), ("verify",), ("encrypt",),
            ("decrypt",), ("he", "programs")}
-# Run after every other walkthrough command: they take a member or a product away.
-DEFERRED = {("members", "revoke"), ("product", "retire")}
+# Run after every other walkthrough command: they take an agreement, a member or a product away.
+DEFERRED = {("agreements", "terminate"), ("members", "revoke"), ("product", "retire")}
 CONSUMER_HOME = "institute"  # the walkthrough's consumer: AGREEMENT_ID and JOB_ID are its
 pytest_plugins = ["tests.evm_fixtures"]  # Anvil, for docker/evm-setup.py
 
@@ -76,6 +76,10 @@ PARSE_ONLY: dict[tuple[str, str], str] = {
      "0x5FbDB2315678afecb367f032d93F642f64180aa3"):
         "needs an EVM chain holding the member's anchors; tests/test_evm_node.py runs the check "
         "against Anvil",
+    ("docs/operator.md", "trustspace agreements revoke --home hospital AGREEMENT_ID --reason "
+     "consent withdrawn"):
+        "the walkthrough terminates that agreement just before (an agreement ends once); "
+        "tests/test_agreement_endings_e2e.py revokes one",
 }
 
 SHELLS = {"sh", "bash", "shell", "console"}
@@ -454,6 +458,7 @@ EXPECT = {
     "trustspace run --home institute AGREEMENT_ID stats.py --purpose research": "mean_sbp_by_sex",
     "trustspace he run": '"values"',
     "trustspace jobs refuse": "TERMINATED",
+    "trustspace agreements terminate": '"status": "terminated"',
     "trustspace catalog verify": "bp-visits",
     "trustspace audit trace --home regulator --agreement AGREEMENT_ID": "delivery",
     "trustspace audit verify": "audit OK",

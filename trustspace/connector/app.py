@@ -15,6 +15,8 @@ from trustspace import __version__
 from trustspace.registry import dsp
 from trustspace.registry.credentials import issue_membership
 
+from .agreements_api import manage as agreements_manage_router
+from .agreements_api import router as agreements_router
 from .audit_api import manage as audit_manage_router
 from .audit_api import router as audit_router
 from .catalog_api import router as catalog_router
@@ -114,6 +116,8 @@ def create_app(settings: Settings, *, key_password: bytes | None = None,
     app.include_router(products_router)
     app.include_router(negotiation_router)
     app.include_router(negotiation_manage_router)
+    app.include_router(agreements_router)
+    app.include_router(agreements_manage_router)
     app.include_router(receipts_router)
     app.include_router(receipts_manage_router)
     app.include_router(ledger_router)

@@ -356,7 +356,7 @@ def receipts_show(home: Home, receipt_id: str) -> None:
 
 @agreements_app.command("list")
 def agreements_list(home: Home) -> None:
-    """Finalized agreements."""
+    """Finalized agreements: active, terminated or revoked (who ended it, when and why)."""
     show(call(home, "GET", "/api/agreements"))
 
 
@@ -364,6 +364,28 @@ def agreements_list(home: Home) -> None:
 def agreements_show(home: Home, agreement_id: str) -> None:
     """One agreement: the signed document with both signatures."""
     show(call(home, "GET", f"/api/agreements/{agreement_id}"))
+
+
+EndReason = Annotated[str, typer.Option(help="Why, for the other party and the regulator.")]
+EndCode = Annotated[str, typer.Option(help="A machine-readable reason code.")]
+
+
+@agreements_app.command("terminate")
+def agreements_terminate(home: Home, agreement_id: str, reason: EndReason,
+                         code: EndCode = "terminated") -> None:
+    """End an agreement (either party): no job starts under it any more; the other party is
+    told, and a termination receipt goes to the ledger."""
+    show(call(home, "POST", f"/api/agreements/{agreement_id}/terminate",
+              {"code": code, "reason": reason}))
+
+
+@agreements_app.command("revoke")
+def agreements_revoke(home: Home, agreement_id: str, reason: EndReason,
+                      code: EndCode = "revoked") -> None:
+    """(Provider) withdraw an agreement, e.g. the data subject withdrew consent: like
+    terminate, with a revocation receipt."""
+    show(call(home, "POST", f"/api/agreements/{agreement_id}/revoke",
+              {"code": code, "reason": reason}))
 
 
 def register(app: typer.Typer) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from trustspace.contracts import AgreementEnded, in_force
 from trustspace.contracts.policy import Decision, OutputRule
 from trustspace.contracts.tables import Agreement
 from trustspace.crypto import canonical_json
@@ -108,6 +109,7 @@ class JobWorker(Loop):
             assert job is not None  # noqa: S101 - claimed a moment ago
             agreement = session.get(Agreement, job.agreement_id)
             assert agreement is not None  # noqa: S101 - checked at the request
+            in_force(agreement)  # it may have ended while the job was queued
             spec = jobs.product_spec(session, agreement)
             if spec is None:
                 raise LookupError(f"the data of {job.dataset_id} named by the agreement "
@@ -120,6 +122,9 @@ class JobWorker(Loop):
         started = self.node.clock()
         try:
             job, spec = self._load(pid)
+        except AgreementEnded as exc:
+            return jobs.RunReport(outcome="refused", code=exc.code, detail=exc.detail,
+                                  started_at=started)
         except LookupError as exc:
             return jobs.RunReport(outcome="failed", code="data-unavailable", detail=str(exc),
                                   started_at=started)

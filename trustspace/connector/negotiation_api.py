@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from trustspace.contracts import messages
 from trustspace.contracts import negotiation as engine
 from trustspace.contracts.states import Message, Role, State
-from trustspace.contracts.tables import Agreement, Negotiation
+from trustspace.contracts.tables import Negotiation
 from trustspace.registry import dsp
 from trustspace.registry.credentials import iso
 
@@ -303,23 +303,3 @@ async def make_counter_offer(pid: str, node: Operator,
 @manage.post("/negotiations/{pid}/accept")
 async def accept(pid: str, node: Operator) -> dict[str, Any]:
     return await _act(node, lambda s: engine.accept(s, pid, node.clock()))
-
-
-@manage.get("/agreements")
-def list_agreements(node: Operator) -> dict[str, Any]:
-    with node.db.read() as session:
-        rows = session.scalars(select(Agreement).order_by(Agreement.created_at))
-        return {"agreements": [
-            {"agreementId": a.agreement_id, "role": a.role, "provider": a.provider_id,
-             "consumer": a.consumer_id, "dataset": a.dataset_id, "dataDigest": a.data_digest,
-             "digest": a.digest, "createdAt": iso(a.created_at)} for a in rows]}
-
-
-@manage.get("/agreements/{agreement_id:path}")
-def show_agreement(agreement_id: str, node: Operator) -> dict[str, Any]:
-    with node.db.read() as session:
-        row = session.get(Agreement, agreement_id)
-        if row is None:
-            raise ApiError(404, "unknown-agreement", agreement_id)
-        return {"agreementId": row.agreement_id, "digest": row.digest,
-                "document": row.document}

@@ -1,6 +1,7 @@
 """Contracts: ODRL usage policies and their engine, the negotiation state machine and its
-messages, agreements signed by both parties, and the atomic use counter."""
+messages, agreements signed by both parties (and their ending), and the atomic use counter."""
 
+from .ending import AgreementEnded, in_force
 from .negotiation import AGREEMENT_TYPE, NegotiationRefused, check_policy
 from .policy import Decision, Policy, PolicyInvalid, Request, apply_floor, compile_policy, evaluate
 from .states import IllegalTransition, Message, Role, State, next_state
@@ -8,6 +9,7 @@ from .usage import UsesExhausted, consume, uses
 
 __all__ = [
     "AGREEMENT_TYPE",
+    "AgreementEnded",
     "Decision",
     "IllegalTransition",
     "Message",
@@ -23,6 +25,7 @@ __all__ = [
     "compile_policy",
     "consume",
     "evaluate",
+    "in_force",
     "next_state",
     "uses",
 ]

@@ -290,7 +290,7 @@ def on_verification(session: Session, me: Me, sender: Membership, msg: messages.
                                  "the countersigned agreement is not the one we signed", neg)
     _move(neg, Message.FINALIZED, Role.PROVIDER, now)
     neg.agreement = countersigned.to_json()
-    _store_agreement(session, neg, countersigned, now)
+    _store_agreement(session, neg, countersigned, sender.public_key, now)
     _authorize(session, me, neg, countersigned, sender.public_key, now)
     assert neg.provider_pid and neg.consumer_pid  # noqa: S101 - both known by now
     _send(session, neg, f"/negotiations/{neg.consumer_pid}/events",
@@ -373,7 +373,8 @@ def on_finalized(session: Session, sender: Membership, msg: messages.Parsed, pat
     _move(neg, Message.FINALIZED, Role.PROVIDER, now)
     if neg.agreement is None:
         raise NegotiationRefused(409, "no-agreement", "finalized without an agreement", neg)
-    _store_agreement(session, neg, SignedDocument.from_json(neg.agreement), now)
+    _store_agreement(session, neg, SignedDocument.from_json(neg.agreement), sender.public_key,
+                     now)
     return neg
 
 
@@ -427,13 +428,14 @@ def _verified(doc: Mapping[str, Any], keys: list[SM2PublicKey],
 
 
 def _store_agreement(session: Session, neg: Negotiation, doc: SignedDocument,
-                     now: datetime) -> None:
+                     counterparty_key: SM2PublicKey, now: datetime) -> None:
     body = doc.body
     session.add(Agreement(
         agreement_id=str(body["agreement"]["@id"]), pid=neg.pid, role=neg.role,
         provider_id=str(body["provider"]), consumer_id=str(body["consumer"]),
         dataset_id=str(body["dataset"]), data_digest=str(body["dataDigest"]),
-        digest=doc.digest, document=doc.to_json(), created_at=now))
+        digest=doc.digest, document=doc.to_json(), created_at=now,
+        counterparty_key=counterparty_key.to_pem().decode()))
 
 
 def _authorize(session: Session, me: Me, neg: Negotiation, agreement: SignedDocument,

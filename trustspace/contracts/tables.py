@@ -64,7 +64,8 @@ class OutboxMessage(Base):
 
 class Agreement(Base):
     """A finalized agreement, signed by both parties: what every computation is checked
-    against."""
+    against, until either party terminates it or the provider revokes it (contracts/ending.py;
+    the `end_*` columns, all set together)."""
 
     __tablename__ = "agreements"
 
@@ -78,6 +79,14 @@ class Agreement(Base):
     digest: Mapped[str] = mapped_column(String(80), unique=True)  # of the signed document
     document: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The other party's key (PEM), to seal receipts to it; None on rows older than 0007.
+    counterparty_key: Mapped[str | None] = mapped_column(Text)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_by: Mapped[str | None] = mapped_column(String(200))  # participant id
+    end_kind: Mapped[str | None] = mapped_column(String(12))  # termination | revocation
+    end_code: Mapped[str | None] = mapped_column(String(100))
+    end_reason: Mapped[str | None] = mapped_column(Text)
+    end_receipt_id: Mapped[str | None] = mapped_column(String(100))  # both parties hold it
 
 
 class AgreementUse(Base):

@@ -11,12 +11,10 @@ digital envelope to the two parties and the data space's regulators, no one else
      "confidential": <trustspace.envelope/1> | null}
 
 The envelope's associated data is the receipt id, so a confidential part cannot be moved to
-another receipt. The issuer signs with its role (the provider for authorization, delivery and
-refusal receipts; whoever ended the agreement for termination and revocation); authorization
-and delivery receipts are countersigned by the consumer when it receives them, and count only
-with both signatures (`verify_receipt`).
-
-The compute issues fill in `Delivery` and `Refusal`; nothing else about receipts changes.
+another receipt. The issuer signs with its role (`_ISSUERS`: the provider for authorization,
+delivery, refusal and revocation receipts; either party for a termination, the one that ended
+the agreement); authorization and delivery receipts are countersigned by the consumer when it
+receives them, and count only with both signatures (`verify_receipt`).
 """
 
 from __future__ import annotations
@@ -145,12 +143,16 @@ class Refusal:
         return None if self.details is None else {"details": dict(self.details)}
 
 
+ENDINGS = (Kind.TERMINATION, Kind.REVOCATION)
+
+
 @dataclass(frozen=True)
 class Ending:
-    """An agreement terminated (by a party) or revoked (by the authority or the provider)."""
+    """An agreement terminated (by either party) or revoked (by the provider), after it was
+    finalized (contracts/ending.py). Public only: there is nothing confidential to seal."""
 
     kind: Kind  # TERMINATION or REVOCATION
-    by: str
+    by: str  # the participant that ended it: the receipt's issuer
     code: str
     reason: str
 
@@ -247,8 +249,27 @@ class Receipt:
 
 _BODY = {"id", "kind", "provider", "consumer", "agreementId", "agreementDigest", "issuedAt",
          "public", "confidential"}
-_ISSUER_ROLE = {Kind.AUTHORIZATION: "provider", Kind.DELIVERY: "provider",
-                Kind.REFUSAL: "provider"}
+# Who may issue each kind: the role of its one issuing signature.
+_ISSUERS: dict[Kind, tuple[str, ...]] = {
+    Kind.AUTHORIZATION: ("provider",), Kind.DELIVERY: ("provider",),
+    Kind.REFUSAL: ("provider",),
+    Kind.TERMINATION: ("provider", "consumer"),  # either party may end an agreement
+    Kind.REVOCATION: ("provider",),  # the provider withdraws its data (consent withdrawn, ...)
+}
+
+
+def _issuer_role(kind: Kind, doc: SignedDocument) -> str:
+    """The role a receipt was issued under: exactly one signature with a role its kind allows
+    (a termination signed by both parties would leave open who ended the agreement)."""
+    allowed = _ISSUERS[kind]
+    signed = [s.role for s in doc.signatures if s.role in allowed]
+    if not signed:
+        raise DocumentInvalid("missing-signature", f"no {' or '.join(allowed)} signed this "
+                              f"{kind.value} receipt")
+    if len(signed) > 1:
+        raise DocumentInvalid("wrong-issuer", f"a {kind.value} receipt has one issuer, not "
+                              f"{len(signed)}")
+    return str(signed[0])
 
 
 def verify_receipt(doc: SignedDocument | Mapping[str, Any] | bytes,
@@ -256,7 +277,8 @@ def verify_receipt(doc: SignedDocument | Mapping[str, Any] | bytes,
     """Check a receipt's shape and signatures. `keys` maps participant id -> public key (the
     parties' keys, from their membership credentials). With `complete`, an authorization or
     delivery receipt needs both the provider's and the consumer's signature; without it the
-    issuer's alone is enough (a receipt on its way to be countersigned)."""
+    issuer's alone is enough (a receipt on its way to be countersigned). An ending is signed
+    by the party it names in `public.by`, in that party's role; a revocation by the provider."""
     if isinstance(doc, bytes):
         doc = SignedDocument.from_bytes(doc)
     elif not isinstance(doc, SignedDocument):
@@ -273,27 +295,26 @@ def verify_receipt(doc: SignedDocument | Mapping[str, Any] | bytes,
         raise DocumentInvalid("malformed", f"unknown receipt kind {body['kind']!r}") from None
     if not isinstance(body["id"], str) or not body["id"]:
         raise DocumentInvalid("malformed", "a receipt needs an id")
-    provider, consumer = keys.get(str(body["provider"])), keys.get(str(body["consumer"]))
+    parties = {role: str(body[role]) for role in ("provider", "consumer")}
     roles = {s.role: s.key_id for s in doc.signatures}
-    expected: dict[str, SM2PublicKey | None] = {}
-    issuer_role = _ISSUER_ROLE.get(kind)
-    if issuer_role is not None:
-        expected["provider"] = provider
-    if kind.countersigned and complete:
-        expected["consumer"] = consumer
-    if issuer_role is None:  # an ending: signed by one of the parties (or a revoker we know)
-        signer = next((k for k in keys.values() if k.key_id in roles.values()), None)
-        if signer is None:
-            raise DocumentInvalid("unknown-signer", "no known party signed this receipt")
-    for role, key in expected.items():
+    if kind.countersigned:
+        expected = ["provider", "consumer"] if complete else ["provider"]
+    else:
+        expected = [_issuer_role(kind, doc)]
+    if kind in ENDINGS and body["public"].get("by") != parties[expected[0]]:
+        raise DocumentInvalid("wrong-issuer", f"the receipt says {body['public'].get('by')!r} "
+                              f"ended the agreement, but the {expected[0]} signed it")
+    required: list[str] = []
+    for role in expected:
+        key = keys.get(parties[role])
         if key is None:
             raise DocumentInvalid("unknown-signer", f"no key known for the {role}")
         if roles.get(role) != key.key_id:
             raise DocumentInvalid("missing-signature", f"the {role} has not signed",
                                   key_id=key.key_id)
+        required.append(key.key_id)
     trusted = {k.key_id: k for k in keys.values()}
-    verify_document(doc, trusted, expected_type=RECEIPT_TYPE,
-                    required_signers=[k.key_id for k in expected.values() if k])
+    verify_document(doc, trusted, expected_type=RECEIPT_TYPE, required_signers=required)
     return Receipt(doc)
 
 

@@ -16,6 +16,7 @@ COUNTERSIGN = "countersign"  # issued, waiting for the consumer's signature
 PENDING = "pending"  # complete, to be submitted to the ledger
 LOGGED = "logged"  # in the ledger, with its evidence record
 REFUSED = "refused"  # the consumer would not countersign: kept, flagged for the operators
+RECEIVED = "received"  # the other party issued it alone and submits it: kept as told, not resent
 
 
 def keep(session: Session, doc: SignedDocument, *, status: str, now: datetime,

@@ -18,8 +18,9 @@ class StoredReceipt(Base):
     inclusion proof and checkpoint, and on a chain the transaction and block.
 
     status: countersign (issued, waiting for the consumer's signature) -> pending (complete,
-    to be submitted) -> logged. Written in the transaction of the state change that caused
-    it; a worker moves it on, retrying with backoff."""
+    to be submitted) -> logged; received for an ending the other party issued (it submits
+    it). Written in the transaction of the state change that caused it; a worker moves it on,
+    retrying with backoff."""
 
     __tablename__ = "receipts"
 

@@ -2,11 +2,12 @@
 message, operator decision or worker step is one transaction that checks the transition, moves
 the state, writes the receipts it causes and the next outgoing message (the outbox sends it).
 
-Provider: a request is checked (the consumer's signed job request, the agreement, the policy
-engine: valid, purpose, mode, remaining uses consumed atomically), then queued or held for the
-operator's approval; every refusal leaves a refusal receipt. A worker claims a queued job
-(`claim`), reports it started, runs it (outside any transaction) and `finish`es it: the released
-result sealed to the consumer, a delivery receipt for the consumer to countersign.
+Provider: a request is checked (the consumer's signed job request, the agreement and that it
+was not terminated or revoked, the policy engine: valid, purpose, mode, remaining uses consumed
+atomically), then queued or held for the operator's approval; every refusal leaves a refusal
+receipt. A worker claims a queued job (`claim`), reports it started, runs it (outside any
+transaction) and `finish`es it: the released result sealed to the consumer, a delivery receipt
+for the consumer to countersign.
 
 Consumer: `request_job` signs the job request; the provider's start, completion and termination
 messages move its copy; a completed job's sealed result is kept and opened on demand.
@@ -24,7 +25,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from trustspace.contracts import usage
+from trustspace.contracts import AgreementEnded, in_force, usage
 from trustspace.contracts.negotiation import Me
 from trustspace.contracts.policy import Decision, Request, evaluate
 from trustspace.contracts.tables import Agreement, OutboxMessage
@@ -99,6 +100,10 @@ def request_job(session: Session, me: Me, *, agreement_id: str, provider_url: st
     if agreement is None or agreement.role != "consumer" or agreement.consumer_id != \
             me.participant_id:
         raise TransferInvalid(404, "unknown-agreement", f"no agreement {agreement_id} of ours")
+    try:  # refused here, before anything is sent: the provider would refuse it anyway
+        in_force(agreement)
+    except AgreementEnded as exc:
+        raise TransferInvalid(409, exc.code, exc.detail) from None
     if len(code) > max_code_bytes(mode.value):
         raise TransferInvalid(413, "code-too-large",
                               f"the code bundle exceeds {max_code_bytes(mode.value)} bytes")
@@ -184,7 +189,8 @@ def on_termination(session: Session, sender: Membership, msg: transfer.Parsed, p
         reason, list) else str(reason)}
     receipt = msg.body.get(transfer.RECEIPT)
     job.receipt_id = receipt if isinstance(receipt, str) else None
-    job.outcome = "refused" if code in REFUSAL_CODES else "failed"
+    job.outcome = "refused" if code in REFUSAL_CODES else "withheld" if code == WITHHELD \
+        else "failed"
     job.finished_at = now
     return job
 
@@ -205,10 +211,13 @@ def _theirs(session: Session, pid: str, sender: Membership, msg: transfer.Parsed
 # ---- provider ---------------------------------------------------------------------------------
 
 REFUSAL_CODES = {"policy-denied", "uses-exhausted", "refused-by-operator", "release-refused",
-                 "mode-unsupported",
+                 "mode-unsupported", "agreement-terminated", "agreement-revoked",
                  # homomorphic and federated refusals (he_jobs / fl_jobs.refusal_code)
                  *("he-" + r.value.replace("_", "-") for r in RefusalReason),
-                 *("fl-" + r.value for r in FederatedReason)}
+                 *("fl-" + r.value for r in FederatedReason), "fl-holdout-too-small"}
+# A provider's release check (fl_jobs, trustspace.federated.disclosure) withheld a federated
+# model: the job ends with a delivery receipt whose outcome is "withheld".
+WITHHELD = "fl-model-withheld"
 RUNS: tuple[ComputeMode, ...] = tuple(ComputeMode)
 
 
@@ -267,6 +276,11 @@ def on_request(session: Session, me: Me, sender: Membership, msg: transfer.Parse
     job.provider_pid = job.pid
     session.add(job)
     session.flush()
+    try:
+        in_force(agreement)
+    except AgreementEnded as exc:
+        _refuse(session, me, job, agreement, exc.code, exc.detail, now)
+        return job
     if job.mode not in {m.value for m in modes}:
         _refuse(session, me, job, agreement, "mode-unsupported",
                 f"this node does not run {job.mode} jobs", now)
@@ -343,7 +357,11 @@ def _he_precheck(session: Session, job: Job, agreement: Agreement) -> tuple[str,
 def _queue(session: Session, me: Me, job: Job, agreement: Agreement, decision: Decision,
            now: datetime) -> None:
     try:
+        in_force(agreement)  # it may have ended while the job waited for approval
         usage.consume(session, agreement.agreement_id, decision.use_limit, now)
+    except AgreementEnded as exc:
+        _refuse(session, me, job, agreement, exc.code, exc.detail, now)
+        return
     except usage.UsesExhausted as exc:
         _refuse(session, me, job, agreement, "uses-exhausted", str(exc), now)
         return
@@ -429,7 +447,7 @@ def claim(session: Session, worker: str, now: datetime, lease: timedelta) -> Job
 class RunReport:
     """What a worker found: the released result (canonical JSON bytes) or why not."""
 
-    outcome: str  # succeeded | failed | refused
+    outcome: str  # succeeded | failed | refused | withheld (a model, fl_jobs)
     result: bytes | None = None
     code: str | None = None  # the failure or refusal code
     detail: str = ""
@@ -439,6 +457,12 @@ class RunReport:
     rows: int | None = None
     started_at: datetime | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # For the delivery receipt's confidential part, beside the job's parameters (under
+    # FINDINGS): the numbers of a release check whose outcome the public checks name.
+    findings: Mapping[str, Any] | None = None
+
+
+FINDINGS = "ts:findings"
 
 
 def finish(session: Session, me: Me, pid: str, worker: str, report: RunReport, now: datetime
@@ -463,7 +487,8 @@ def finish(session: Session, me: Me, pid: str, worker: str, report: RunReport, n
         result_digest=result_digest, input_bytes=report.input_bytes,
         result_bytes=len(report.result or b""), started_at=report.started_at or now,
         finished_at=now, outcome=report.outcome, rows=report.rows, checks=report.checks,
-        parameters=job.parameters)
+        parameters=job.parameters if report.findings is None else {
+            **(job.parameters or {}), FINDINGS: dict(report.findings)})
     doc = receipts.issue(content, _parties(me, job, agreement), me.signer, "provider", now,
                          [_consumer_key(job), *me.regulators])
     store.keep(session, doc, status=store.COUNTERSIGN, now=now,
