@@ -2,11 +2,16 @@
 scikit-learn's breast-cancer data; a research institute's `trustspace fl run` sends one job per
 agreement, admits the SuperNode key each hospital binds to itself with SM2, trains a logistic
 regression over real Flower SuperLink/SuperNode processes, and every hospital completes its job
-with a delivery receipt both sign. Refusals end the run with the provider's reason."""
+with a delivery receipt both sign. Refusals end the run with the provider's reason. Where a
+product asks for it, each hospital checks the final model for membership inference (real sacroml
+on its own holdout rows) before it is released; one hospital's failed check withholds it."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,14 +22,18 @@ from sklearn.datasets import load_breast_cancer
 
 from tests import nodes
 from tests.nodes import DataSpace, NodeProcess, dataspace, product_spec, research_offer, wait_for
+from trustspace.crypto import SignedDocument, SM2PrivateKey
 from trustspace.federated import LOGREG_APP, app_digest
 from trustspace.federated.apps.logreg.logreg_app import task
+from trustspace.ledger.receipts import Receipt
 
 pytestmark = pytest.mark.slow
 
 HOSPITALS = ("hospital-1", "hospital-2", "hospital-3")
 TEST_ROWS = 114
 ROUNDS = 3
+METRICS = ["train-loss", "train-accuracy", "eval-loss", "eval-accuracy"]  # what logreg reports
+MIA_CHECK = "membership inference (sacroml worst-case attack)"
 
 
 def _spec(root: Path, hospital: str, product: str, data: Path, n_features: int,
@@ -75,6 +84,20 @@ def space(tmp_path_factory: pytest.TempPathFactory,
         members[0].ok("POST", "/api/products", _spec(  # another app approved
             root, "hospital-1", "biopsies-strict", first, x.shape[1],
             {"approved_apps": ["sm3:" + "00" * 32]}, [federated]))
+        members[0].ok("POST", "/api/products", _spec(  # fewer metrics than logreg reports
+            root, "hospital-1", "biopsies-metrics", first, x.shape[1],
+            {"approved_apps": approved, "release": {"metrics": ["eval-accuracy"]}},
+            [federated]))
+        for hospital, node in zip(HOSPITALS, members, strict=False):
+            # The model-release check: a bound SACRO itself uses (0.65) for two hospitals; no
+            # attack's mean AUC is at most 0.0 (every repetition would have to rank all
+            # members below all non-members), so the third hospital always withholds.
+            max_auc = 0.0 if hospital == "hospital-3" else 0.65
+            node.ok("POST", "/api/products", _spec(
+                root, hospital, f"biopsies-mia-{hospital[-1]}", root / f"{hospital}.csv",
+                x.shape[1], {"max_rounds": 5, "min_clients": 3, "approved_apps": approved,
+                             "release": {"metrics": METRICS, "membership_inference": {
+                                 "holdout": 0.2, "max_auc": max_auc}}}, [federated]))
         yield ds
 
 
@@ -88,10 +111,13 @@ def agreements(space: DataSpace) -> list[str]:
 
 
 def fl_run(node: NodeProcess, agreements: list[str], *extra: str) -> Any:
-    from trustspace.connector.localspace import run_cli
-
-    return run_cli("fl", "run", "--home", node.home, "--agreements", ",".join(agreements),
-                   "--app", LOGREG_APP, "--purpose", "research", *extra)
+    # As run_cli, with more time than its 120 s: a run with the model-release check took
+    # 90 s here at light load and 160 s when the shared 2-core machine was busy.
+    return subprocess.run(
+        [sys.executable, "-m", "trustspace", "fl", "run", "--home", str(node.home),
+         "--agreements", ",".join(agreements), "--app", str(LOGREG_APP),
+         "--purpose", "research", *extra],
+        capture_output=True, text=True, check=False, timeout=400, env={**os.environ})
 
 
 def test_three_hospitals_train_a_model_as_good_as_central_training(
@@ -143,10 +169,73 @@ def test_three_hospitals_train_a_model_as_good_as_central_training(
     ("biopsies-1", "federated", ("--rounds", "50"), "fl-too-many-rounds"),
     ("biopsies-dp", "federated", (), "fl-dp-missing"),
     ("biopsies-strict", "federated", (), "fl-app-not-approved"),
-], ids=["mode-forbidden", "too-many-rounds", "dp-missing", "app-not-approved"])
+    ("biopsies-metrics", "federated", (),
+     "fl-app-not-approved: the app reports metrics the product does not release: eval-loss"),
+], ids=["mode-forbidden", "too-many-rounds", "dp-missing", "app-not-approved",
+        "metrics-not-released"])
 def test_refusals_name_their_reason(space: DataSpace, agreements: list[str], dataset: str,
                                     offer: str, extra: tuple[str, ...], code: str) -> None:
     refused = agree(space, "hospital-1", dataset, offer)
     done = fl_run(space.members["institute"], [refused, *agreements[1:]], *extra)
     assert done.returncode == 1, done.stdout + done.stderr
     assert code in done.stderr, done.stderr[-2000:]
+
+
+def test_a_model_one_provider_finds_disclosive_is_withheld_and_the_receipts_say_why(
+        space: DataSpace, tmp_path: Path) -> None:
+    consumer = space.members["institute"]
+    agreed = [agree(space, h, f"biopsies-mia-{h[-1]}", "federated") for h in HOSPITALS]
+    model = tmp_path / "model.npz"
+    done = fl_run(consumer, agreed, "--rounds", "1", "--output", str(model))
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-3000:]
+    ids = {h: f"urn:trustspace:participant:{h}" for h in HOSPITALS}
+    assert (f"the model is not released: {ids['hospital-3']}: fl-model-withheld: membership "
+            f"inference on {ids['hospital-3']}'s rows: sacroml 2.0.1 worst-case attack: mean "
+            "AUC ") in done.stderr, done.stderr[-2000:]
+    assert not model.exists()
+    shown = json.loads(done.stdout)
+    assert shown["model"] is None
+    # hospital-3's rules never reached the consumer, so no per-round metric is shown
+    assert [(r["train"], r["evaluate"]) for r in shown["rounds"]] == [({}, {})]
+    for hospital in HOSPITALS[:2]:
+        said = shown["release"][ids[hospital]]
+        assert said["released"] and said["metrics"] == sorted(METRICS)
+        verdict = said["membershipInference"]
+        assert verdict["passed"] and verdict["auc"]["mean"] <= 0.65, verdict
+        assert verdict["members"] + verdict["nonMembers"] in (151, 152)
+        assert verdict["nonMembers"] == 30
+    withheld = shown["release"][ids["hospital-3"]]
+    assert not withheld["released"] and withheld["outcome"] == "withheld"
+    assert "mean AUC" in withheld["reason"] and "> 0" in withheld["reason"]
+
+    for hospital in HOSPITALS:  # each delivery receipt: the verdict, countersigned
+        provider = space.members[hospital]
+        receipt_id = shown["receipts"][ids[hospital]]
+
+        def logged(provider: NodeProcess = provider, receipt_id: str = receipt_id) -> Any:
+            r = provider.ok("GET", f"/api/receipts/{receipt_id}")
+            return r if r["status"] == "logged" else None
+
+        receipt = wait_for(logged)
+        public = receipt["document"]["body"]["public"]
+        passed = hospital != "hospital-3"
+        assert public["outcome"] == ("succeeded" if passed else "withheld")
+        assert (public["resultDigest"] is not None) is passed
+        assert f"{MIA_CHECK}: {'passed' if passed else 'failed, model withheld'}" \
+            in public["checks"]
+        assert "the app declares only per-round metrics the product releases" in public["checks"]
+        assert [s["role"] for s in receipt["document"]["signatures"]] == ["provider",
+                                                                           "consumer"]
+        assert "auc" not in json.dumps(public).lower()  # the numbers are confidential
+        key = SM2PrivateKey.from_pem((provider.home / "node-key.pem").read_bytes())
+        secret = Receipt(SignedDocument.from_json(receipt["document"])).open(key)
+        assert secret is not None
+        found = secret["parameters"]["ts:findings"]["release"]["membershipInference"]
+        assert found["passed"] is passed and found["sacroml"] == "2.0.1"
+        assert found["reps"] == 10 and 0.0 < found["auc"]["mean"] < 1.0
+
+    job = consumer.ok("GET", f"/api/jobs/{shown['jobs'][ids['hospital-3']]}")
+    assert (job["outcome"], job["reason"]["code"]) == ("withheld", "fl-model-withheld")
+    passed = consumer.ok("GET", f"/api/jobs/{shown['jobs'][ids['hospital-1']]}/result")
+    assert passed["result"]["release"]["membershipInference"]["passed"] is True
+    assert passed["result"]["modelDigest"] == shown["modelDigest"]

@@ -1,8 +1,11 @@
 """`trustspace fl run`: federated training as the consumer. This process runs the Flower
 SuperLink (TLS, SuperNode authentication) and the ServerApp; the node sends one job per
 agreement, each provider answers with its SuperNode key bound to it by SM2, this process admits
-exactly those keys, runs the rounds, keeps the final model, and tells each provider the run
-ended so that it completes its job with a delivery receipt."""
+exactly those keys, runs the rounds, and tells each provider the run ended (sending it the
+final model) so that it completes its job with a delivery receipt. A provider whose product asks
+for it checks the model for membership inference first and may withhold it; the model is
+written only if every provider released it (docs/federated.md, "Releasing the model"), and only
+the per-round metrics every provider releases are shown."""
 
 from __future__ import annotations
 
@@ -56,8 +59,14 @@ def fl_run(
     timeout: Annotated[float, typer.Option(help="Seconds for the whole run.")] = 900,
 ) -> None:
     """Train across the providers of `--agreements`; prints the rounds and the model's digest."""
-    from trustspace.crypto import SM2PublicKey, sm3
-    from trustspace.federated import Deployment, DifferentialPrivacy, FlowerError, app_digest
+    from trustspace.crypto import SM2PublicKey
+    from trustspace.federated import (
+        Deployment,
+        DifferentialPrivacy,
+        FlowerError,
+        app_digest,
+        disclosure,
+    )
     from trustspace.sandbox.bundle import BundleInvalid, pack
     from trustspace.sandbox.fl_jobs import INTERVALS, parameters
 
@@ -102,24 +111,69 @@ def fl_run(
             raise NodeCommandError(f"the run failed: {exc}", 1) from None
     finally:
         deployment.stop()
-    model = b"".join(np.ascontiguousarray(result.arrays[k]).tobytes()
-                     for k in sorted(result.arrays))
-    model_digest = "sm3:" + sm3(model).hex()
-    if output is not None:
-        np.savez(output, **dict(result.arrays))  # type: ignore[arg-type]
-    rounds_view = [{"round": r.round, "trainedBy": list(r.trained_by),
-                    "failed": list(r.failed), "seconds": round(r.seconds, 2),
-                    "train": dict(r.train), "evaluate": dict(r.evaluate)}
-                   for r in result.rounds]
-    summary: dict[str, Any] = {"appDigest": digest, "modelDigest": model_digest,
-                               "rounds": rounds_view}
+    model_digest = disclosure.model_digest(result.arrays)
+    rounds_view: list[dict[str, Any]] = [
+        {"round": r.round, "trainedBy": list(r.trained_by), "failed": list(r.failed),
+         "seconds": round(r.seconds, 2), "train": dict(r.train), "evaluate": dict(r.evaluate)}
+        for r in result.rounds]
+    summary: dict[str, Any] = {  # what each provider learns of the run: no metrics
+        "appDigest": digest, "modelDigest": model_digest,
+        "rounds": [{k: v for k, v in r.items() if k not in ("train", "evaluate")}
+                   for r in rounds_view]}
+    encoded = disclosure.encode_model(result.arrays)
+    if len(encoded) <= disclosure.MAX_MODEL_BYTES * 4 // 3 + 4:
+        summary["model"] = encoded  # for the providers' release checks
+    else:
+        typer.echo(f"the model is over {disclosure.MAX_MODEL_BYTES} bytes: providers that check "
+                   "it before release will withhold it", err=True)
     for pid in pids.values():
         call(home, "POST", f"/api/jobs/{pid}/federated-done", {"summary": summary})
-    receipts = {}
+    receipts: dict[str, str | None] = {}
+    release: dict[str, dict[str, Any]] = {}
     for provider, pid in pids.items():
-        done = wait_for_job(home, call(home, "GET", f"/api/jobs/{pid}"),
-                            max(60.0, timeout - (time.monotonic() - started)))
-        receipts[provider] = done.get("receiptId")
-    show({**summary, "jobs": pids, "receipts": receipts,
+        ended = _wait_ended(home, pid, max(60.0, timeout - (time.monotonic() - started)))
+        receipts[provider] = ended.get("receiptId")
+        release[provider] = _release(home, ended, model_digest)
+    refusals = {p: r["reason"] for p, r in release.items() if not r["released"]}
+    allowed = disclosure.allowed_metrics(r.get("metrics") for r in release.values())
+    if refusals:  # a provider whose rules we could not read: show no metrics at all
+        allowed = frozenset()
+    for r in rounds_view:
+        for part in ("train", "evaluate"):
+            r[part] = {k: v for k, v in r[part].items() if allowed is None or k in allowed}
+    if output is not None and not refusals:
+        np.savez(output, **dict(result.arrays))  # type: ignore[arg-type]
+    show({"appDigest": digest, "modelDigest": model_digest, "rounds": rounds_view,
+          "jobs": pids, "receipts": receipts, "release": release,
           "seconds": round(time.monotonic() - started, 1),
-          "model": str(output) if output else None})
+          "model": str(output) if output and not refusals else None})
+    if refusals:
+        raise NodeCommandError("the model is not released: " + "; ".join(
+            f"{p}: {reason}" for p, reason in sorted(refusals.items())), 1)
+
+
+def _wait_ended(home: Path, pid: str, timeout: float) -> dict[str, Any]:
+    """The job's view once COMPLETED or TERMINATED (a withheld model terminates it)."""
+    try:
+        return wait_for_job(home, call(home, "GET", f"/api/jobs/{pid}"), timeout)
+    except NodeCommandError:
+        shown: dict[str, Any] = call(home, "GET", f"/api/jobs/{pid}")
+        if shown["state"] != "TERMINATED":
+            raise
+        return shown
+
+
+def _release(home: Path, ended: dict[str, Any], model_digest: str) -> dict[str, Any]:
+    """One provider's word on the model: released (its result names our model) or not, why,
+    and its release rules and check as its result states them."""
+    if ended["state"] != "COMPLETED":
+        reason = ended.get("reason") or {}
+        return {"released": False, "outcome": ended.get("outcome"),
+                "reason": f"{reason.get('code')}: {reason.get('detail')}"}
+    stated = call(home, "GET", f"/api/jobs/{ended['pid']}/result")["result"]
+    rules = stated.get("release") or {}
+    if stated.get("modelDigest") != model_digest:
+        return {"released": False, "outcome": "succeeded",
+                "reason": f"its receipt names another model ({stated.get('modelDigest')})"}
+    return {"released": True, "outcome": "succeeded", "metrics": rules.get("metrics"),
+            "membershipInference": rules.get("membershipInference")}

@@ -49,8 +49,14 @@ The spec (a JSON object; no other member is allowed, strings are never coerced):
   closed). Programs must be in `trustspace.homomorphic.CATALOG`, columns declared ``integer`` or
   ``number`` columns; per-row programs (scores, row selections) need ``per_row``.
 - ``federated``: ``{"max_rounds": 10, "min_clients": 2, "dp_min_noise_multiplier": null,
-  "dp_max_clipping_norm": null, "secagg": false, "approved_apps": ["sm3:..."]}``, every field
-  optional; without it a federated job is refused.
+  "dp_max_clipping_norm": null, "secagg": false, "approved_apps": ["sm3:..."],
+  "release": {"metrics": ["eval-accuracy", ...],
+              "membership_inference": {"holdout": 0.2, "max_auc": 0.65}}}``, every field
+  optional; without it a federated job is refused. ``release`` (docs/federated.md, "Releasing
+  the model"): ``metrics`` (absent: not restricted) are the per-round metrics the app may
+  report, and with ``membership_inference`` a ``holdout`` share of the rows (0.05..0.5) stays
+  out of training and the final model is withheld if sacroml's worst-case attack's mean AUC
+  exceeds ``max_auc`` (0..1).
 - ``approval_required``: when it is absent the level's default applies (true for important and
   core data, `classification.RULES`); an explicit false on such data is refused.
 
@@ -67,13 +73,14 @@ import math
 import re
 from collections.abc import Callable
 from datetime import date, datetime
-from typing import Any, Final, Self
+from typing import Annotated, Any, Final, Self
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     JsonValue,
+    StringConstraints,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -403,6 +410,31 @@ class HomomorphicOffer(BaseModel):
     noise_std: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
 
 
+_METRIC = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # a Flower metric name
+
+
+class MembershipInference(BaseModel):
+    """The model-release check (trustspace.federated.disclosure): `holdout` of the rows never
+    train; the model is released if the attack's mean AUC is at most `max_auc`."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    holdout: float = Field(default=0.2, ge=0.05, le=0.5, allow_inf_nan=False)
+    max_auc: float = Field(default=0.65, ge=0.0, le=1.0, allow_inf_nan=False)
+
+
+class FederatedRelease(BaseModel):
+    """What the consumer may take away of a federated run on this product."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    # The per-round metrics the app may report (besides FedAvg's weight, num-examples); None:
+    # not restricted.
+    metrics: tuple[Annotated[str, StringConstraints(pattern=_METRIC)], ...] | None = Field(
+        default=None, max_length=64)
+    membership_inference: MembershipInference | None = None
+
+
 class FederatedOffer(BaseModel):
     """The provider's limits for federated training on this product (trustspace.federated)."""
 
@@ -416,6 +448,7 @@ class FederatedOffer(BaseModel):
     # Apps (SM3 digests, trustspace.federated.app_digest) run without asking; any other app
     # waits for the operator's approval, its digest shown.
     approved_apps: tuple[str, ...] = Field(default=(), max_length=64)
+    release: FederatedRelease | None = None
 
 
 def _check_offer_shape(offer: dict[str, JsonValue], i: int, ids: set[str]) -> None:

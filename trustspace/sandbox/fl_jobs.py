@@ -16,22 +16,37 @@ The ClientApp runs in the bubblewrap sandbox (`trustspace.federated.clientapp_sa
 sandboxed process per message, the product's file alone read-only, one relayed path to its
 SuperNode's runtime port and no other network.
 
+The model is an output too (`trustspace.federated.disclosure`, the spec's
+``federated.release``): `precheck` refuses an app that declares per-round metrics the product
+does not release, or that has no ``predict.py`` when the product asks for the
+membership-inference check. With that check, `serve` keeps a holdout share of the rows (seeded
+by the job id) out of the SuperNode's file; when the consumer's summary brings the final model
+(digest-checked), the app's ``predict.py`` computes its class probabilities on the training and
+holdout rows in the sandbox, sacroml's worst-case attack runs on them here, and a model that
+fails is withheld: the delivery receipt's outcome is "withheld", the job ends TERMINATED with
+`jobs.WITHHELD`, and the consumer's CLI does not write the model. The public checks name the
+check and its result; its numbers go to the receipt's confidential part.
+
 Not yet: DP and SecAgg are checked as declared, not enforced here; the digests of the updates
 sent are not recorded (they pass through Flower's SuperNode, not through trustspace).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from trustspace.crypto import Signer, canonical_json
 from trustspace.federated import (
@@ -47,16 +62,38 @@ from trustspace.federated import (
     check_request,
 )
 from trustspace.federated.deployment import Intervals, RemoteSuperNode
-from trustspace.registry.products import ProductSpec
+from trustspace.federated.disclosure import (
+    ALWAYS_ALLOWED,
+    MAX_CHECK_ROWS,
+    MIN_ROWS,
+    PREDICT_ENTRY,
+    CheckFailed,
+    MembershipRule,
+    ModelInvalid,
+    ReleasePolicy,
+    Verdict,
+    check,
+    declared_metrics,
+    decode_model,
+    holdout_split,
+    model_digest,
+)
+from trustspace.registry.products import FederatedRelease, ProductSpec
 
 from .bundle import BundleInvalid, unpack
-from .jobs import RunReport
+from .errors import JobInvalid, ResultsInvalid, SandboxError
+from .jobs import WITHHELD, RunReport
+from .results import File, read_results
+from .runner import MIB, BubblewrapSandbox, Limits, Sandbox, SandboxJob
 
 SUPERNODE = "ts:superNode"  # in the provider's answer: {binding, credential}
 _ADDRESS = re.compile(r"[A-Za-z0-9.-]{1,253}:[0-9]{1,5}")
 # Provider-side waits: a SuperExec that starts ClientApps quickly (Flower's default is 1 s).
 INTERVALS = Intervals(superexec_poll=0.1, reply_poll=0.2)
 ADMISSION_SECONDS = 30.0  # how long a SuperNode may be refused while the consumer admits it
+# The app's predict.py after the run: NumPy and the model over the provider's rows.
+PREDICT_LIMITS = Limits(cpu_seconds=120, wall_seconds=300.0, memory_bytes=2048 * MIB)
+MIA_CHECK = "membership inference (sacroml worst-case attack)"
 
 
 def refusal_code(reason: RefusalReason | str) -> str:
@@ -80,6 +117,8 @@ class FlRequest:
     superlink: str
     root_certificate: bytes
     needs_approval: bool  # the app is not among the product's pre-approved apps
+    code: bytes = b""  # the app (a zip), whose predict.py the release check runs
+    release: ReleasePolicy = field(default_factory=ReleasePolicy)
 
 
 def _request(params: Mapping[str, Any]) -> FederatedRequest:
@@ -100,10 +139,12 @@ def precheck(code: bytes, params: Mapping[str, Any], spec: ProductSpec) -> FlReq
     if offer is None:
         raise FederatedRefused(RefusalReason.MODE_NOT_ALLOWED,
                                f"the operator enabled no federated training for {spec.id}")
+    release = release_policy(offer.release)
     with tempfile.TemporaryDirectory(prefix="ts-fl-app-") as tmp:
         try:
             app = unpack(code, Path(tmp) / "app", entry=False)
             digest = app_digest(app)
+            unreleased = _release_refusal(app, release)
         except (BundleInvalid, ValueError) as exc:
             raise FederatedRefused(RefusalReason.MALFORMED, f"the app: {exc}") from None
     request = _request(params)
@@ -123,7 +164,37 @@ def precheck(code: bytes, params: Mapping[str, Any], spec: ProductSpec) -> FlReq
             offer.dp_min_noise_multiplier, offer.dp_max_clipping_norm),
         require_secagg=offer.secagg, approved_apps=approved or frozenset({digest}))
     check_request(policy, request)
-    return FlRequest(digest, request.rounds, superlink, ca.encode(), needs_approval)
+    if unreleased is not None:  # after the app's approval: an unapproved app says so first
+        raise FederatedRefused(RefusalReason.APP_NOT_APPROVED, unreleased)
+    return FlRequest(digest, request.rounds, superlink, ca.encode(), needs_approval, code,
+                     release)
+
+
+def release_policy(section: FederatedRelease | None) -> ReleasePolicy:
+    """The spec's ``federated.release`` (validated with the spec) as the check takes it."""
+    if section is None:
+        return ReleasePolicy()
+    rule = section.membership_inference
+    return ReleasePolicy(
+        metrics=None if section.metrics is None else frozenset(section.metrics),
+        membership=None if rule is None else MembershipRule(rule.holdout, rule.max_auc))
+
+
+def _release_refusal(app: Path, release: ReleasePolicy) -> str | None:
+    """Why the app cannot meet the product's release policy, if it cannot. What is checked is
+    what the app declares and ships: its ClientApp's code is what the operator approved."""
+    if release.metrics is not None:
+        declared = declared_metrics(app)
+        if declared is None:
+            return ("the product releases only some per-round metrics and the app declares "
+                    "none ([tool.trustspace] metrics in its pyproject.toml)")
+        extra = sorted(declared - release.metrics - ALWAYS_ALLOWED)
+        if extra:
+            return f"the app reports metrics the product does not release: {', '.join(extra)}"
+    if release.membership is not None and not (app / PREDICT_ENTRY).is_file():
+        return (f"the product checks the final model for membership inference and the app "
+                f"has no {PREDICT_ENTRY} to compute the model's probabilities")
+    return None
 
 
 # ---- provider: the SuperNode ---------------------------------------------------------------
@@ -158,13 +229,24 @@ def consumer_done(home: Path, pid: str, summary: Mapping[str, Any]) -> None:
 
 
 def serve(home: Path, pid: str, provider_id: str, request: FlRequest, data: Path,
-          workdir: Path, wall_seconds: float, started: datetime) -> RunReport:
-    """Run the SuperNode until the consumer's summary arrives (or the wall limit)."""
+          workdir: Path, wall_seconds: float, started: datetime,
+          sandbox: Sandbox | None = None) -> RunReport:
+    """Run the SuperNode until the consumer's summary arrives (or the wall limit); then, if
+    the product asks, check the final model before it is released."""
     folder = _folder(home, pid)
+    rule = request.release.membership
+    split: _Split | None = None
+    if rule is not None:
+        try:
+            split = _split(data, rule, pid, workdir / "split")
+        except ValueError as exc:
+            return RunReport(outcome="refused", code="fl-holdout-too-small", detail=str(exc),
+                             started_at=started, input_bytes=data.stat().st_size)
+    train = data if split is None else split.train  # the SuperNode never sees the holdout
 
     def start(attempt: int) -> RemoteSuperNode:
         return RemoteSuperNode(workdir / f"flower-{attempt}", request.superlink,
-                               request.root_certificate, folder / "supernode", data,
+                               request.root_certificate, folder / "supernode", train,
                                intervals=INTERVALS, sandboxed=True)
 
     attempt = 0
@@ -201,12 +283,141 @@ def serve(home: Path, pid: str, provider_id: str, request: FlRequest, data: Path
     finally:
         node.stop()
     summary = json.loads(done.read_text())
+    model = summary.pop("model", None)  # base64 of an .npz: not kept with the job
     served = [r for r in summary.get("rounds", []) if provider_id in r.get("trainedBy", [])]
+    checks = [f"federated app {request.app_digest}", f"{len(served)} of {request.rounds} "
+              "rounds served", "only model updates left the provider"]
+    release: dict[str, Any] = {"metrics": None if request.release.metrics is None
+                               else sorted(request.release.metrics), "membershipInference": None}
+    if request.release.metrics is not None:
+        checks.append("the app declares only per-round metrics the product releases")
+    verdict: Verdict | None = None
+    if rule is not None and split is not None:
+        begun = time.monotonic()
+        verdict = _check_model(request, rule, pid, model, summary.get("modelDigest"), split,
+                               workdir / "check", sandbox or BubblewrapSandbox())
+        # predict.py in the sandbox and the attack: the check's whole cost, for metering
+        release["membershipInference"] = {**verdict.to_json(),
+                                          "checkSeconds": round(time.monotonic() - begun, 2)}
+        checks.append(f"{MIA_CHECK}: " + ("passed" if verdict.passed
+                                          else "failed, model withheld"))
+    findings = None if request.release == ReleasePolicy() else {
+        "modelDigest": summary.get("modelDigest"), "release": release}  # also when withheld
+    common: dict[str, Any] = {"checks": tuple(checks), "log": log, "started_at": started,
+                              "input_bytes": data.stat().st_size, "findings": findings,
+                              "extra": {"summary": summary}}
+    if verdict is not None and not verdict.passed:
+        return RunReport(outcome="withheld", code=WITHHELD,
+                         detail=f"membership inference on {provider_id}'s rows: "
+                                f"{verdict.reason}; the model is withheld", **common)
     result = canonical_json({"appDigest": request.app_digest,
                              "modelDigest": summary.get("modelDigest"),
-                             "roundsServed": len(served), "roundsAsked": request.rounds})
-    checks = (f"federated app {request.app_digest}", f"{len(served)} of {request.rounds} "
-              "rounds served", "only model updates left the provider")
-    return RunReport(outcome="succeeded", result=result, checks=checks, log=log,
-                     started_at=started, input_bytes=data.stat().st_size,
-                     extra={"summary": summary})
+                             "roundsServed": len(served), "roundsAsked": request.rounds,
+                             "release": release})
+    return RunReport(outcome="succeeded", result=result, **common)
+
+
+# ---- provider: the model-release check ---------------------------------------------------
+
+@dataclass(frozen=True)
+class _Split:
+    train: Path  # every training row: the SuperNode's file
+    members: Path  # training rows the check looks at (all, or MAX_CHECK_ROWS of them)
+    nonmembers: Path  # holdout rows (all, or MAX_CHECK_ROWS of them)
+    n_members: int
+    n_nonmembers: int
+
+
+def _split(data: Path, rule: MembershipRule, pid: str, folder: Path) -> _Split:
+    """Write the product's rows apart: training rows for the SuperNode, and the samples of
+    training and holdout rows the check compares. ValueError if too few rows for either."""
+    parquet = data.suffix.lower() == ".parquet"
+    if parquet:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(data)
+        count = table.num_rows
+    else:
+        with data.open(newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, [])
+            rows = list(reader)
+        count = len(rows)
+    train, holdout = holdout_split(count, rule.holdout, pid)
+    if len(train) < MIN_ROWS or len(holdout) < MIN_ROWS:
+        raise ValueError(f"{count} rows: a holdout of {rule.holdout:g} leaves {len(train)} "
+                         f"to train and {len(holdout)} to compare; the check needs at least "
+                         f"{MIN_ROWS} of each")
+    # Samples for the check, drawn from the split's own order: deterministic per job too.
+    members = train if len(train) <= MAX_CHECK_ROWS else np.sort(
+        np.random.default_rng(len(train)).choice(train, MAX_CHECK_ROWS, replace=False))
+    nonmembers = holdout[:MAX_CHECK_ROWS]
+    folder.mkdir(parents=True)
+    folder.chmod(0o755)  # noqa: S103 - the sandbox's user reads the files, as the product's
+    suffix = ".parquet" if parquet else ".csv"
+    out: dict[str, Path] = {}
+    for name, chosen in (("train", train), ("members", members), ("nonmembers", nonmembers)):
+        target = folder / f"{name}{suffix}"
+        if parquet:
+            pq.write_table(table.take(chosen), target)
+        else:
+            _write_csv(target, header, [rows[i] for i in chosen])
+        target.chmod(0o644)  # as materialize leaves the product's file
+        out[name] = target
+    return _Split(out["train"], out["members"], out["nonmembers"], len(members),
+                  len(nonmembers))
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _check_model(request: FlRequest, rule: MembershipRule, pid: str, text: object,
+                 digest: object, split: _Split, folder: Path, sandbox: Sandbox) -> Verdict:
+    """The verdict on the consumer's final model; any failure to check it is a failed check
+    (the model is withheld), with the reason."""
+    try:
+        raw, arrays = decode_model(text)
+    except ModelInvalid as exc:
+        return Verdict(False, f"no model to check: {exc}", {})
+    if model_digest(arrays) != digest:
+        return Verdict(False, "the model sent is not the one whose digest the run names", {})
+    folder.mkdir(parents=True)
+    folder.chmod(0o755)  # noqa: S103 - the sandbox's user reads the app and the model
+    model = folder / "model.npz"
+    model.write_bytes(raw)
+    model.chmod(0o644)
+    try:
+        app = unpack(request.code, folder / "app", entry=False)
+        ran = sandbox.run(SandboxJob(app, PREDICT_ENTRY, {
+            "model": model, "members": split.members, "nonmembers": split.nonmembers},
+            limits=PREDICT_LIMITS), folder / "run")
+    except (BundleInvalid, JobInvalid, SandboxError) as exc:
+        return Verdict(False, f"the app's {PREDICT_ENTRY} could not run: {exc}", {})
+    if not ran.ok:
+        return Verdict(False, f"the app's {PREDICT_ENTRY} failed in the sandbox: "
+                              f"{ran.outcome.value}: {ran.reason}", {})
+    try:
+        members = _probabilities(ran.out_dir, "members", split.n_members)
+        nonmembers = _probabilities(ran.out_dir, "nonmembers", split.n_nonmembers)
+        return check(members, nonmembers, rule, seed=pid)
+    except (ResultsInvalid, CheckFailed, ValueError) as exc:
+        return Verdict(False, f"the check could not run: {exc}", {})
+
+
+def _probabilities(out_dir: Path, name: str, rows: int) -> npt.NDArray[np.float64]:
+    """`name`.npy as predict.py wrote it: one row of class probabilities per row given."""
+    try:
+        output = read_results(out_dir)[f"{name}.npy"]
+    except KeyError:
+        output = None
+    if not isinstance(output, File):
+        raise ValueError(f"{PREDICT_ENTRY} wrote no {name}.npy")
+    value = np.load(output.path, allow_pickle=False)
+    if value.ndim != 2 or value.shape[0] != rows:
+        raise ValueError(f"{name}.npy must hold one row of class probabilities for each of "
+                         f"the {rows} rows")
+    return np.asarray(value, dtype=np.float64)
