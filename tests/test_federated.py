@@ -41,7 +41,9 @@ from trustspace.federated import (
     check_request,
     verify_binding,
 )
+from trustspace.federated.app_digest import fab_sha256
 from trustspace.federated.apps.logreg.logreg_app import task
+from trustspace.sandbox.fl_jobs import enforced_dp
 
 APP = "sm3:" + "ab" * 32
 
@@ -97,6 +99,29 @@ def _copy_app(tmp_path: Path) -> Path:
     target = tmp_path / "app"
     shutil.copytree(LOGREG_APP, target, ignore=shutil.ignore_patterns("__pycache__"))
     return target
+
+
+@pytest.mark.parametrize(("declared", "required", "enforced"), [
+    (None, None, None),
+    (DifferentialPrivacy(1.0, 0.5), None, DifferentialPrivacy(1.0, 0.5)),
+    (DifferentialPrivacy(1.0, 0.5), DpRequirement(0.8), DifferentialPrivacy(1.0, 0.8)),
+    (DifferentialPrivacy(3.0, 2.0), DpRequirement(0.8, 1.5), DifferentialPrivacy(1.5, 2.0)),
+], ids=["none", "as-declared", "more-noise", "tighter-clip"])
+def test_the_provider_applies_dp_at_least_as_strong_as_its_product_requires(
+        declared: DifferentialPrivacy | None, required: DpRequirement | None,
+        enforced: DifferentialPrivacy | None) -> None:
+    assert enforced_dp(declared, required) == enforced
+
+
+def test_the_fab_hash_is_the_one_flower_builds_and_changes_with_any_file(
+        tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    shutil.copytree(LOGREG_APP, app, ignore=shutil.ignore_patterns("__pycache__"))
+    first = fab_sha256(app)
+    assert first == fab_sha256(LOGREG_APP)  # deterministic: what `flwr run` sends
+    (app / "logreg_app" / "task.py").write_text(
+        (app / "logreg_app" / "task.py").read_text() + "\n# changed\n")
+    assert fab_sha256(app) != first
 
 
 def test_the_app_digest_covers_every_file_and_nothing_python_writes(tmp_path: Path) -> None:

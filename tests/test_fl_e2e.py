@@ -131,6 +131,12 @@ def test_three_hospitals_train_a_model_as_good_as_central_training(
     assert [r["round"] for r in shown["rounds"]] == list(range(1, ROUNDS + 1))
     ids = sorted(f"urn:trustspace:participant:{h}" for h in HOSPITALS)
     assert all(sorted(r["trainedBy"]) == ids for r in shown["rounds"])
+    for r in range(1, ROUNDS + 1):  # followed live, round by round
+        assert f"round {r} train: " in done.stderr and f"round {r} evaluate: " in done.stderr
+    # each provider's receipt lists the replies it sent, digest for digest what we received:
+    # the moments query, then a train and an evaluate reply per round
+    assert {p: r["updatesChecked"] for p, r in shown["release"].items()} == \
+        dict.fromkeys(ids, 1 + 2 * ROUNDS)
 
     x, y, test, parts = data
     with np.load(model) as arrays:
@@ -157,6 +163,10 @@ def test_three_hospitals_train_a_model_as_good_as_central_training(
         public = receipt["document"]["body"]["public"]
         assert public["mode"] == "federated" and public["outcome"] == "succeeded"
         assert f"{ROUNDS} of {ROUNDS} rounds served" in public["checks"]
+        assert any(c.startswith("the ClientApp ran only as the approved app (FAB sha256 ")
+                   for c in public["checks"])
+        assert any(c.startswith(f"{1 + 2 * ROUNDS} replies sent; their SM3 digests")
+                   for c in public["checks"])
         assert [s["role"] for s in receipt["document"]["signatures"]] == ["provider",
                                                                            "consumer"]
     result = consumer.ok("GET", f"/api/jobs/{next(iter(shown['jobs'].values()))}/result")
@@ -186,7 +196,9 @@ def test_a_model_one_provider_finds_disclosive_is_withheld_and_the_receipts_say_
     consumer = space.members["institute"]
     agreed = [agree(space, h, f"biopsies-mia-{h[-1]}", "federated") for h in HOSPITALS]
     model = tmp_path / "model.npz"
-    done = fl_run(consumer, agreed, "--rounds", "1", "--output", str(model))
+    # with DP declared: each provider applies it itself, and its receipt says so
+    done = fl_run(consumer, agreed, "--rounds", "1", "--output", str(model),
+                  "--dp-noise", "0.5", "--dp-clip", "2.0")
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-3000:]
     ids = {h: f"urn:trustspace:participant:{h}" for h in HOSPITALS}
     assert (f"the model is not released: {ids['hospital-3']}: fl-model-withheld: membership "
@@ -224,6 +236,8 @@ def test_a_model_one_provider_finds_disclosive_is_withheld_and_the_receipts_say_
         assert f"{MIA_CHECK}: {'passed' if passed else 'failed, model withheld'}" \
             in public["checks"]
         assert "the app declares only per-round metrics the product releases" in public["checks"]
+        assert ("differential privacy applied by the provider to every train reply: clipping "
+                "norm 2.0, noise multiplier 0.5") in public["checks"]
         assert [s["role"] for s in receipt["document"]["signatures"]] == ["provider",
                                                                            "consumer"]
         assert "auc" not in json.dumps(public).lower()  # the numbers are confidential

@@ -64,6 +64,7 @@ def fl_run(
         Deployment,
         DifferentialPrivacy,
         FlowerError,
+        Progress,
         app_digest,
         disclosure,
     )
@@ -104,9 +105,20 @@ def fl_run(
                        "SuperNode key admitted", err=True)
         _wait_started(home, list(pids.values()), timeout)
         typer.echo(f"training {rounds} round(s) on {len(pids)} providers ...", err=True)
+        received: dict[str, list[str]] = {}  # provider -> digests of the replies it sent us
+
+        def progress(p: Progress) -> None:
+            # who answered and how long it took; metrics wait for the providers' release rules
+            for provider, reply in p.digests.items():
+                received.setdefault(provider, []).append(reply)
+            where = f"round {p.round} {p.kind}" if p.round >= 0 else p.kind
+            failed = f"; failed: {', '.join(p.failed)}" if p.failed else ""
+            typer.echo(f"{where}: {', '.join(p.replied) or 'nobody'} answered "
+                       f"({p.seconds:.1f} s){failed}", err=True)
+
         try:
             result = deployment.run(app, rounds, config={"min-nodes": len(pids)},
-                                    timeout=timeout)
+                                    timeout=timeout, on_progress=progress)
         except FlowerError as exc:
             raise NodeCommandError(f"the run failed: {exc}", 1) from None
     finally:
@@ -133,7 +145,7 @@ def fl_run(
     for provider, pid in pids.items():
         ended = _wait_ended(home, pid, max(60.0, timeout - (time.monotonic() - started)))
         receipts[provider] = ended.get("receiptId")
-        release[provider] = _release(home, ended, model_digest)
+        release[provider] = _release(home, ended, model_digest, received.get(provider, []))
     refusals = {p: r["reason"] for p, r in release.items() if not r["released"]}
     allowed = disclosure.allowed_metrics(r.get("metrics") for r in release.values())
     if refusals:  # a provider whose rules we could not read: show no metrics at all
@@ -163,9 +175,11 @@ def _wait_ended(home: Path, pid: str, timeout: float) -> dict[str, Any]:
         return shown
 
 
-def _release(home: Path, ended: dict[str, Any], model_digest: str) -> dict[str, Any]:
-    """One provider's word on the model: released (its result names our model) or not, why,
-    and its release rules and check as its result states them."""
+def _release(home: Path, ended: dict[str, Any], model_digest: str,
+             received: list[str]) -> dict[str, Any]:
+    """One provider's word on the model: released (its result names our model and the replies
+    it says it sent are the ones we received, digest for digest) or not, why, and its release
+    rules and check as its result states them."""
     if ended["state"] != "COMPLETED":
         reason = ended.get("reason") or {}
         return {"released": False, "outcome": ended.get("outcome"),
@@ -175,5 +189,11 @@ def _release(home: Path, ended: dict[str, Any], model_digest: str) -> dict[str, 
     if stated.get("modelDigest") != model_digest:
         return {"released": False, "outcome": "succeeded",
                 "reason": f"its receipt names another model ({stated.get('modelDigest')})"}
-    return {"released": True, "outcome": "succeeded", "metrics": rules.get("metrics"),
+    sent = sorted(str(u.get("digest")) for u in stated.get("updates") or [])
+    if received and sent != sorted(received):
+        return {"released": False, "outcome": "succeeded",
+                "reason": f"the replies its receipt lists ({len(sent)}) are not the ones "
+                          f"received from it ({len(received)})"}
+    return {"released": True, "outcome": "succeeded", "updatesChecked": len(sent),
+            "metrics": rules.get("metrics"),
             "membershipInference": rules.get("membershipInference")}

@@ -27,8 +27,12 @@ fails is withheld: the delivery receipt's outcome is "withheld", the job ends TE
 `jobs.WITHHELD`, and the consumer's CLI does not write the model. The public checks name the
 check and its result; its numbers go to the receipt's confidential part.
 
-Not yet: DP and SecAgg are checked as declared, not enforced here; the digests of the updates
-sent are not recorded (they pass through Flower's SuperNode, not through trustspace).
+What the provider enforces itself (`clientapp_sandbox.Guard`): the sandbox runs only the app
+whose FAB (rebuilt here from the approved app with `flwr build`) hashes as approved, and every
+train reply gets the differential privacy of `enforced_dp` (Flower's LocalDpMod), whatever the
+consumer's strategy does; the SM3 digest of every reply sent is recorded and goes into the
+delivery receipt. Not enforced: SecAgg+ (checked as declared; Flower offers it only through its
+legacy workflow).
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ from trustspace.federated import (
     bind_supernode_key,
     check_request,
 )
+from trustspace.federated.app_digest import AppInvalid, fab_sha256
+from trustspace.federated.clientapp_sandbox import Guard
 from trustspace.federated.deployment import Intervals, RemoteSuperNode
 from trustspace.federated.disclosure import (
     ALWAYS_ALLOWED,
@@ -78,6 +84,7 @@ from trustspace.federated.disclosure import (
     holdout_split,
     model_digest,
 )
+from trustspace.ledger.receipts import digest_of
 from trustspace.registry.products import FederatedRelease, ProductSpec
 
 from .bundle import BundleInvalid, unpack
@@ -119,6 +126,8 @@ class FlRequest:
     needs_approval: bool  # the app is not among the product's pre-approved apps
     code: bytes = b""  # the app (a zip), whose predict.py the release check runs
     release: ReleasePolicy = field(default_factory=ReleasePolicy)
+    # the DP this provider's SuperNode applies to every train reply (`enforced_dp`), or None
+    dp: DifferentialPrivacy | None = None
 
 
 def _request(params: Mapping[str, Any]) -> FederatedRequest:
@@ -167,7 +176,23 @@ def precheck(code: bytes, params: Mapping[str, Any], spec: ProductSpec) -> FlReq
     if unreleased is not None:  # after the app's approval: an unapproved app says so first
         raise FederatedRefused(RefusalReason.APP_NOT_APPROVED, unreleased)
     return FlRequest(digest, request.rounds, superlink, ca.encode(), needs_approval, code,
-                     release)
+                     release, enforced_dp(request.dp, policy.require_dp))
+
+
+def enforced_dp(declared: DifferentialPrivacy | None,
+                required: DpRequirement | None) -> DifferentialPrivacy | None:
+    """What the provider's SuperNode applies itself (`clientapp_sandbox.Guard`): what the
+    consumer declared, made at least as strong as the product requires (more noise, a
+    tighter clip). None only when neither asks for DP; `check_request` has already refused a
+    request that declares none where the product requires it."""
+    if declared is None:
+        return None
+    if required is None:
+        return declared
+    clip = declared.clipping_norm if required.max_clipping_norm is None \
+        else min(declared.clipping_norm, required.max_clipping_norm)
+    return DifferentialPrivacy(clip, max(declared.noise_multiplier,
+                                         required.min_noise_multiplier))
 
 
 def release_policy(section: FederatedRelease | None) -> ReleasePolicy:
@@ -243,11 +268,19 @@ def serve(home: Path, pid: str, provider_id: str, request: FlRequest, data: Path
             return RunReport(outcome="refused", code="fl-holdout-too-small", detail=str(exc),
                              started_at=started, input_bytes=data.stat().st_size)
     train = data if split is None else split.train  # the SuperNode never sees the holdout
+    try:  # the app the operator approved, as Flower packs it: the only one the sandbox runs
+        guard = Guard(fab_sha256=_fab_sha256(request.code, workdir / "approved-app"),
+                      dp=None if request.dp is None else {
+                          "clipping_norm": request.dp.clipping_norm,
+                          "noise_multiplier": request.dp.noise_multiplier})
+    except (BundleInvalid, AppInvalid) as exc:
+        return RunReport(outcome="failed", code="fl-app-unbuildable", detail=str(exc),
+                         started_at=started)
 
     def start(attempt: int) -> RemoteSuperNode:
         return RemoteSuperNode(workdir / f"flower-{attempt}", request.superlink,
                                request.root_certificate, folder / "supernode", train,
-                               intervals=INTERVALS, sandboxed=True)
+                               intervals=INTERVALS, sandboxed=True, guard=guard)
 
     attempt = 0
     try:
@@ -282,11 +315,23 @@ def serve(home: Path, pid: str, provider_id: str, request: FlRequest, data: Path
         log = node.log()
     finally:
         node.stop()
+    updates = node.sent_updates()  # this attempt's: a refused earlier attempt sent nothing
     summary = json.loads(done.read_text())
     model = summary.pop("model", None)  # base64 of an .npz: not kept with the job
     served = [r for r in summary.get("rounds", []) if provider_id in r.get("trainedBy", [])]
     checks = [f"federated app {request.app_digest}", f"{len(served)} of {request.rounds} "
-              "rounds served", "only model updates left the provider"]
+              "rounds served", "only model updates left the provider",
+              f"the ClientApp ran only as the approved app (FAB sha256 {guard.fab_sha256})"]
+    if request.dp is not None:
+        checks.append(f"differential privacy applied by the provider to every train reply: "
+                      f"clipping norm {request.dp.clipping_norm}, noise multiplier "
+                      f"{request.dp.noise_multiplier}")
+    refused = [u for u in updates if "refused" in u]
+    if refused:
+        checks.append(f"{len(refused)} message(s) refused: the app received was not the "
+                      "approved one")
+    sent = [{"type": u.get("type"), "round": u.get("round"), "digest": u.get("digest"),
+             "dp": u.get("dp")} for u in updates if u.get("digest")]
     release: dict[str, Any] = {"metrics": None if request.release.metrics is None
                                else sorted(request.release.metrics), "membershipInference": None}
     if request.release.metrics is not None:
@@ -301,8 +346,12 @@ def serve(home: Path, pid: str, provider_id: str, request: FlRequest, data: Path
                                           "checkSeconds": round(time.monotonic() - begun, 2)}
         checks.append(f"{MIA_CHECK}: " + ("passed" if verdict.passed
                                           else "failed, model withheld"))
-    findings = None if request.release == ReleasePolicy() else {
-        "modelDigest": summary.get("modelDigest"), "release": release}  # also when withheld
+    findings: dict[str, Any] = {"updates": sent}  # each reply this provider sent, by digest
+    if request.release != ReleasePolicy():
+        findings.update({"modelDigest": summary.get("modelDigest"),
+                         "release": release})  # also when withheld
+    checks.append(f"{len(sent)} replies sent; their SM3 digests (list digest "
+                  f"{digest_of(sent)}) in the confidential part")
     common: dict[str, Any] = {"checks": tuple(checks), "log": log, "started_at": started,
                               "input_bytes": data.stat().st_size, "findings": findings,
                               "extra": {"summary": summary}}
@@ -313,7 +362,7 @@ def serve(home: Path, pid: str, provider_id: str, request: FlRequest, data: Path
     result = canonical_json({"appDigest": request.app_digest,
                              "modelDigest": summary.get("modelDigest"),
                              "roundsServed": len(served), "roundsAsked": request.rounds,
-                             "release": release})
+                             "release": release, "updates": sent})
     return RunReport(outcome="succeeded", result=result, **common)
 
 
@@ -421,3 +470,9 @@ def _probabilities(out_dir: Path, name: str, rows: int) -> npt.NDArray[np.float6
         raise ValueError(f"{name}.npy must hold one row of class probabilities for each of "
                          f"the {rows} rows")
     return np.asarray(value, dtype=np.float64)
+
+
+def _fab_sha256(code: bytes, folder: Path) -> str:
+    """The sha256 of the FAB Flower builds from the app zip `code` (`app_digest.fab_sha256`)."""
+    app = unpack(code, folder, entry=False)
+    return fab_sha256(app)
