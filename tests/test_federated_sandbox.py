@@ -409,9 +409,10 @@ def _clipped(update: np.ndarray, norm: float) -> np.ndarray:
 def test_the_provider_noises_train_replies_and_records_every_reply_digest(
         tmp_path: Path) -> None:
     """One provider requires DP (clip 0.5, noise multiplier 1.0), the other only the approved
-    app: the DP provider's update as the aggregate reveals it is its clean update clipped to
-    0.5 plus Gaussian noise of std 0.5; every reply's SM3 digest is recorded, and the plain
-    provider's train digest is the digest of the reply recomputed here from its data."""
+    app; both release the train loss alone. The DP provider's update as the aggregate reveals
+    it is its clean update clipped to 0.5 plus Gaussian noise of std 0.5; every reply's SM3
+    digest is recorded, and the plain provider's train digest is that of the reply recomputed
+    here from its data, without the train accuracy the app also reported."""
     with warnings.catch_warnings():  # flwr imports typer, which uses click's deprecated names
         warnings.simplefilter("ignore", DeprecationWarning)
         from flwr.app import ArrayRecord, MetricRecord, RecordDict
@@ -421,7 +422,9 @@ def test_the_provider_noises_train_replies_and_records_every_reply_digest(
     parts = np.array_split(order[:300], 2)
     fab = fab_sha256(LOGREG_APP)
     dp = {"clipping_norm": 0.5, "noise_multiplier": 1.0}
-    guards = {"dp": Guard(fab_sha256=fab, dp=dp), "plain": Guard(fab_sha256=fab)}
+    released = ["train-loss", "num-examples"]  # the same for both: FedAvg needs equal keys
+    guards = {"dp": Guard(fab_sha256=fab, dp=dp, metrics=released),
+              "plain": Guard(fab_sha256=fab, metrics=released)}
     data = {}
     with Deployment(tmp_path / "deployment", intervals=FAST) as d:
         for (name, guard), rows in zip(guards.items(), parts, strict=True):
@@ -467,10 +470,14 @@ def test_the_provider_noises_train_replies_and_records_every_reply_digest(
 
     lx, ly = loaded["plain"]
     loss, accuracy = task.evaluate(clean["plain"], task.standardise(lx, mean, std), ly)
+    full = {"train-loss": loss, "train-accuracy": accuracy, "num-examples": len(ly)}
     reply = RecordDict({"arrays": ArrayRecord([clean["plain"]]),
-                        "metrics": MetricRecord({"train-loss": loss, "train-accuracy": accuracy,
-                                                 "num-examples": len(ly)})})
-    assert sent["plain"][1]["digest"] == content_digest(reply)
+                        "metrics": MetricRecord(full)})
+    stripped = RecordDict({"arrays": ArrayRecord([clean["plain"]]),
+                           "metrics": MetricRecord({k: full[k] for k in released})})
+    # the plain provider released only train-loss: the reply it sent is the app's reply
+    # without train-accuracy
+    assert sent["plain"][1]["digest"] == content_digest(stripped) != content_digest(reply)
 
 
 @pytest.mark.slow

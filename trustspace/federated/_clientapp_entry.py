@@ -19,6 +19,8 @@ parameters the launcher wrote; docs/federated.md, "What the provider enforces"):
   installed or run;
 - with differential privacy, every train reply is clipped and noised by Flower's `LocalDpMod`
   around the ClientApp, whatever the app itself does;
+- with a metrics release rule, every train and evaluate reply keeps only the metrics the
+  product releases (and FedAvg's ``num-examples``);
 - the SM3 digest of every reply (`update_digest.py`, copied beside this script) is written to
   /work/out/update.json, which the launcher collects for the provider's delivery receipt.
 
@@ -83,6 +85,7 @@ def _guard(params: dict[str, Any]) -> None:
         return message, context, run, fab
 
     dp_mod = _local_dp(params["dp"]) if params.get("dp") else None
+    allowed = None if params.get("metrics") is None else frozenset(params["metrics"])
     load = runtime.get_load_client_app_fn  # type: ignore[attr-defined]
 
     def guarded_load(*args: Any, **kwargs: Any) -> Any:
@@ -104,6 +107,11 @@ def _guard(params: dict[str, Any]) -> None:
                     reply = dp_mod(message, context, app)
                 else:
                     reply = app(message, context)
+                if allowed is not None and kind in ("train", "evaluate") \
+                        and not reply.has_error():
+                    for record in reply.content.metric_records.values():
+                        for name in [n for n in record if n not in allowed]:
+                            del record[name]
                 record = {"type": message.metadata.message_type,
                           "round": message.metadata.group_id,
                           "dp": dp_mod is not None and kind == "train",

@@ -45,7 +45,7 @@ import socket
 import sys
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,7 @@ class Guard:
 
     fab_sha256: str | None = None
     dp: Mapping[str, float] | None = None
+    metrics: Sequence[str] | None = None  # the metrics train/evaluate replies may carry
 
 
 def inside_data_path(data_path: Path) -> str:
@@ -114,7 +115,8 @@ def prepare(folder: Path, runtime_port: int, data_path: Path,
         "inside": inside_data_path(data_path), "limits": asdict(limits),
         "runs": str(folder / "runs"), "sockets": str(sockets),
         "updates": str(folder / _UPDATES),
-        "guard": {"fab_sha256": guard.fab_sha256, "dp": dict(guard.dp) if guard.dp else None}
+        "guard": {"fab_sha256": guard.fab_sha256, "dp": dict(guard.dp) if guard.dp else None,
+                  "metrics": None if guard.metrics is None else sorted(guard.metrics)}
         if guard else {}}), encoding="utf-8")
     root = Path(__file__).resolve().parents[2]  # the folder that holds the trustspace package
     script = bin_dir / "flwr-clientapp"

@@ -272,7 +272,9 @@ def serve(home: Path, pid: str, provider_id: str, request: FlRequest, data: Path
         guard = Guard(fab_sha256=_fab_sha256(request.code, workdir / "approved-app"),
                       dp=None if request.dp is None else {
                           "clipping_norm": request.dp.clipping_norm,
-                          "noise_multiplier": request.dp.noise_multiplier})
+                          "noise_multiplier": request.dp.noise_multiplier},
+                      metrics=None if request.release.metrics is None
+                      else sorted(request.release.metrics | ALWAYS_ALLOWED))
     except (BundleInvalid, AppInvalid) as exc:
         return RunReport(outcome="failed", code="fl-app-unbuildable", detail=str(exc),
                          started_at=started)
