@@ -169,7 +169,18 @@ def test_three_hospitals_train_a_model_as_good_as_central_training(
                    for c in public["checks"])
         assert [s["role"] for s in receipt["document"]["signatures"]] == ["provider",
                                                                            "consumer"]
-    result = consumer.ok("GET", f"/api/jobs/{next(iter(shown['jobs'].values()))}/result")
+    pid = next(iter(shown["jobs"].values()))
+    job = consumer.ok("GET", f"/api/jobs/{pid}")  # the node's API kept the run as it went
+    assert [(p["kind"], p["round"]) for p in job["progress"]] == [("query", -1)] + [
+        (kind, r) for r in range(1, ROUNDS + 1) for kind in ("train", "evaluate")]
+    assert all(sorted(p["replied"]) == ids and p["failed"] == [] for p in job["progress"])
+    late = consumer.api("POST", f"/api/jobs/{pid}/federated-progress", {"progress": {
+        "kind": "train", "round": 9, "replied": [], "failed": [], "seconds": 1.0}})
+    assert (late.status_code, late.json()["error"]) == (409, "job-ended")
+    bad = consumer.api("POST", f"/api/jobs/{pid}/federated-progress", {"progress": {
+        "kind": "train", "round": "1", "replied": [], "failed": [], "seconds": 1.0}})
+    assert (bad.status_code, bad.json()["error"]) == (400, "progress-invalid")
+    result = consumer.ok("GET", f"/api/jobs/{pid}/result")
     assert result["result"]["modelDigest"] == shown["modelDigest"]
     assert result["result"]["appDigest"] == app_digest(LOGREG_APP)
 

@@ -115,6 +115,10 @@ def fl_run(
             failed = f"; failed: {', '.join(p.failed)}" if p.failed else ""
             typer.echo(f"{where}: {', '.join(p.replied) or 'nobody'} answered "
                        f"({p.seconds:.1f} s){failed}", err=True)
+            line = {"kind": p.kind, "round": p.round, "replied": list(p.replied),
+                    "failed": list(p.failed), "seconds": round(p.seconds, 3)}
+            for pid in pids.values():  # the node's job API shows the run as it goes
+                call(home, "POST", f"/api/jobs/{pid}/federated-progress", {"progress": line})
 
         try:
             result = deployment.run(app, rounds, config={"min-nodes": len(pids)},

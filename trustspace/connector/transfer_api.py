@@ -199,6 +199,8 @@ def view(job: Job, *, full: bool = False) -> dict[str, Any]:
         "createdAt": iso(job.created_at),
         "finishedAt": iso(job.finished_at) if job.finished_at else None,
     }
+    if job.mode == "federated" and job.role == "consumer":
+        shown["progress"] = job.progress or []
     if full:
         shown["parameters"] = job.parameters
         shown["decision"] = job.decision
@@ -298,6 +300,45 @@ async def federated_done(pid: str, node: Operator,
     shown = await run_in_threadpool(send)
     _kick(node)
     return shown
+
+
+_PROGRESS_KEYS = {"kind", "round", "replied", "failed", "seconds"}
+MAX_PROGRESS = 1000  # exchanges kept per job (a run of max_rounds has 2 per round and a few)
+
+
+def _progress_line(line: dict[str, Any]) -> dict[str, Any]:
+    """One exchange as the CLI reports it: no metrics (which ones a consumer may see is each
+    provider's rule, known at the end), names and numbers only."""
+    names = (line.get("replied"), line.get("failed"))
+    if set(line) != _PROGRESS_KEYS or not isinstance(line["kind"], str) \
+            or not 0 < len(line["kind"]) <= 40 or type(line["round"]) is not int \
+            or not isinstance(line["seconds"], int | float) \
+            or not all(isinstance(n, list) and len(n) <= 1000 and
+                       all(isinstance(x, str) and len(x) <= 200 for x in n) for n in names):
+        raise ApiError(400, "progress-invalid",
+                       f"progress is {{{', '.join(sorted(_PROGRESS_KEYS))}}}: kind a string, "
+                       "round an integer, replied and failed lists of names, seconds a number")
+    return {k: line[k] for k in sorted(_PROGRESS_KEYS)}
+
+
+@manage.post("/{pid}/federated-progress")
+def federated_progress(pid: str, node: Operator,
+                       progress: Annotated[dict[str, Any], Body(embed=True)]
+                       ) -> dict[str, Any]:
+    """As consumer: one exchange of federated job `pid`'s run ended (a query, a train or an
+    evaluate round); kept with the job so that its API shows the run as it goes."""
+    line = _progress_line(progress)
+    with node.db.transaction() as session:
+        job = session.get(Job, pid, with_for_update=True)
+        if job is None or job.role != "consumer" or job.mode != "federated":
+            raise ApiError(404, "unknown-job", f"no federated job {pid} of ours")
+        if job.state in ("COMPLETED", "TERMINATED"):
+            raise ApiError(409, "job-ended", f"job {pid} is {job.state}")
+        kept = list(job.progress or [])
+        if len(kept) >= MAX_PROGRESS:
+            raise ApiError(409, "progress-full", f"{MAX_PROGRESS} exchanges kept already")
+        job.progress = [*kept, line]  # a new list: the JSON column sees the change
+        return {"pid": pid, "exchanges": len(job.progress)}
 
 
 @manage.get("")

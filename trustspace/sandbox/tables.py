@@ -51,3 +51,5 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # consumer, federated: each exchange of the run as it ended (`trustspace fl run` reports)
+    progress: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
