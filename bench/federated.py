@@ -111,7 +111,9 @@ from trustspace.federated import (
     SuperNodeKey,
     bind_supernode_key,
 )
+from trustspace.federated.app_digest import fab_sha256
 from trustspace.federated.apps.logreg.logreg_app import task
+from trustspace.federated.clientapp_sandbox import Guard
 from trustspace.federated.deployment import RemoteSuperNode
 from trustspace.sandbox.fl_jobs import INTERVALS as TUNED
 
@@ -125,7 +127,10 @@ START_TIMEOUT = 120.0
 RUN_TIMEOUT = 900.0
 GRACE = 10.0  # seconds a plain Flower process group has after SIGTERM
 PLAIN, TS, TUNED_NAME = "plain Flower", "trustspace, Flower's waits", "trustspace, tuned waits"
-VARIANTS = (PLAIN, TS, TUNED_NAME)
+# What a provider's federated job runs (fl_jobs.serve): tuned waits, each ClientApp in the
+# bubblewrap sandbox, the Guard (approved FAB only, each reply digested and recorded).
+SANDBOXED = "trustspace as providers run it (sandboxed, guarded, tuned)"
+VARIANTS = (PLAIN, TS, TUNED_NAME, SANDBOXED)
 _PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -332,6 +337,9 @@ def write_data(folder: Path) -> Data:
         path.parent.mkdir(parents=True)
         np.savetxt(path, np.column_stack([x[rows], y[rows]]), delimiter=",", header=header,
                    comments="", fmt="%.10g")
+        path.chmod(0o644)  # the sandbox's uid reads it (clientapp_sandbox.prepare checks)
+        for folder_ in (path.parent, path.parent.parent):
+            folder_.chmod(0o755)
     return Data(csvs, x[test], y[test])
 
 
@@ -509,8 +517,11 @@ def run_plain(work: Path, data: Data, rounds: int, rep: int) -> RunResult:
 
 
 def run_trustspace(variant: str, intervals: Intervals, work: Path, data: Data, rounds: int,
-                   rep: int) -> RunResult:
-    """trustspace's Deployment: TLS, SuperNode keys bound to SM2 identities and admitted."""
+                   rep: int, sandboxed: bool = False) -> RunResult:
+    """trustspace's Deployment: TLS, SuperNode keys bound to SM2 identities and admitted;
+    `sandboxed`: each ClientApp in the sandbox under the provider's Guard, as fl_jobs runs it
+    (the FAB hash computed once here: a provider computes it once per job)."""
+    guard = Guard(fab_sha256=fab_sha256(LOGREG_APP)) if sandboxed else None
     # The providers' SM2 identities exist before any job (their membership keys).
     identities = {name: SM2PrivateKey.generate() for name in PROVIDERS}
     deployment = Deployment(work / "deployment", intervals=intervals)
@@ -536,7 +547,8 @@ def run_trustspace(variant: str, intervals: Intervals, work: Path, data: Data, r
             private, _ = key.write(work / name / "keys", "supernode")
             nodes.append(RemoteSuperNode(work / name, f"{HOST}:{relay.port}",
                                          deployment.ca_certificate, private, csv,
-                                         intervals=intervals, name=f"supernode-{name}"))
+                                         intervals=intervals, name=f"supernode-{name}",
+                                         sandboxed=sandboxed, guard=guard))
         _wait_active([n.process.log_path for n in nodes], lambda: all(n.running for n in nodes),
                      tails)
         startup = time.monotonic() - started
@@ -662,6 +674,12 @@ def summarise(runs: list[RunResult]) -> dict[str, Any]:
         "seconds_saved": med[TS] - med[TUNED_NAME],
         "bytes": byt[TUNED_NAME] / byt[TS] - 1,
     }
+    out["sandboxed"] = {
+        "vs_tuned": med[SANDBOXED] / med[TUNED_NAME] - 1,
+        "vs_tuned_per_rep": [x - 1 for x in paired(SANDBOXED, TUNED_NAME, "seconds")],
+        "vs_plain": med[SANDBOXED] / med[PLAIN] - 1,
+        "vs_plain_per_rep": [x - 1 for x in paired(SANDBOXED, PLAIN, "seconds")],
+    }
     return out
 
 
@@ -719,7 +737,13 @@ def render(summary: dict[str, Any], meta: dict[str, Any]) -> str:
             f"| tuned waits ÷ Flower's waits − 1, s/round (trustspace) | {_pct(t['vs_ts'])} "
             f"({-t['seconds_saved']:+.1f} s) | {_range(t['vs_ts_per_rep'])} | | |",
             f"| tuned trustspace ÷ plain Flower − 1, s/round | {_pct(t['vs_plain'])} | "
-            f"{_range(t['vs_plain_per_rep'])} | | |"]
+            f"{_range(t['vs_plain_per_rep'])} | | |",
+            f"| as providers run it ÷ tuned − 1 (the sandbox and the guard), s/round | "
+            f"{_pct(summary['sandboxed']['vs_tuned'])} | "
+            f"{_range(summary['sandboxed']['vs_tuned_per_rep'])} | | |",
+            f"| as providers run it ÷ plain Flower − 1, s/round | "
+            f"{_pct(summary['sandboxed']['vs_plain'])} | "
+            f"{_range(summary['sandboxed']['vs_plain_per_rep'])} | | |"]
     accs = {v: summary["variants"][v]["accuracy"] for v in VARIANTS}
     out += ["", "Held-out accuracy (114 rows): " + "; ".join(
         f"{v} {', '.join(f'{a:.4f}' for a in accs[v])}" for v in VARIANTS)
@@ -748,16 +772,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             order = list(VARIANTS)
             order_rng.shuffle(order)
             for variant in order:
-                work = root / f"rep{rep}" / variant.split(",")[0].replace(" ", "-") / (
-                    "tuned" if variant == TUNED_NAME else "default")
+                work = root / f"rep{rep}" / {PLAIN: "plain", TS: "default", TUNED_NAME: "tuned",
+                                              SANDBOXED: "sandboxed"}[variant]
                 progress(f"rep {rep + 1}/{sizes.reps}: {variant} ...")
                 t_run = time.monotonic()
                 try:
                     if variant == PLAIN:
                         r = run_plain(work, data, sizes.rounds, rep)
                     else:
-                        r = run_trustspace(variant, TUNED if variant == TUNED_NAME
-                                           else Intervals(), work, data, sizes.rounds, rep)
+                        r = run_trustspace(variant, TUNED if variant in (TUNED_NAME, SANDBOXED)
+                                           else Intervals(), work, data, sizes.rounds, rep,
+                                           sandboxed=variant == SANDBOXED)
                 except Exception as e:  # noqa: BLE001 - report and stop, exit 1
                     progress(f"FAILED: {variant}: {e}")
                     return 1
