@@ -187,6 +187,11 @@ def test_forged_notices_are_refused(parties: Parties) -> None:
     # Another agreement's receipt; not an ending at all; no receipt.
     other = ending_receipt(space, T, CONSUMER, "consumer")
     assert refused(ending.notice(other)) == "agreement-mismatch"
+    elsewhere = receipts.issue(  # this agreement, but another product named
+        receipts.Ending(T, CONSUMER, "code", "why", "other-product"),
+        receipts.Parties(PROVIDER, CONSUMER, AGREEMENT, digest), space.keys[CONSUMER],
+        "consumer", NOW, [])
+    assert refused(ending.notice(elsewhere)) == "agreement-mismatch"
     refusal = receipts.issue(receipts.Refusal("sm3:" + "00" * 32, "r", "why"),
                              receipts.Parties(PROVIDER, CONSUMER, AGREEMENT, digest),
                              space.keys[PROVIDER], "provider", NOW, [])
@@ -195,3 +200,28 @@ def test_forged_notices_are_refused(parties: Parties) -> None:
     with parties.provider.read() as s:
         row = s.get(Agreement, AGREEMENT)
         assert row is not None and ending.status(row) == "active"
+
+
+def test_endings_that_cross_are_both_kept_on_both_sides(parties: Parties) -> None:
+    """The consumer terminates while the provider revokes: each side's own ending stands for
+    it, the other's receipt is kept beside it (a repeat changes nothing), and each names the
+    product, so a trace by product finds them."""
+    space = parties.space
+    sides = {CONSUMER: (parties.consumer, T), PROVIDER: (parties.provider, R)}
+    notices = {}
+    for who, (db, kind) in sides.items():
+        with db.transaction() as s:
+            ending.end(s, me(space, who), AGREEMENT, kind, f"{kind.value}-code", "why", NOW)
+            notices[who] = s.scalars(select(OutboxMessage)).one().message
+    for sender, receiver in ((CONSUMER, PROVIDER), (PROVIDER, CONSUMER), (CONSUMER, PROVIDER)):
+        with sides[receiver][0].transaction() as s:
+            ending.on_notice(s, receiver, space.keys[receiver].public_key,
+                             member(space, sender), AGREEMENT, notices[sender], NOW)
+    for who, (db, kind) in sides.items():
+        with db.read() as s:
+            row = s.get(Agreement, AGREEMENT)
+            assert row is not None and (row.ended_by, row.end_kind) == (who, kind.value)
+            kept = {r.kind: (r.status, r.product_id) for r in s.scalars(select(StoredReceipt))}
+        assert kept == {kind.value: (store.PENDING, "bp-stats"),
+                        sides[CONSUMER if who == PROVIDER else PROVIDER][1].value:
+                        (store.RECEIVED, "bp-stats")}

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from trustspace.crypto import DocumentInvalid, SignedDocument, SM2PublicKey
 from trustspace.ledger import receipts, store
+from trustspace.ledger.tables import StoredReceipt
 from trustspace.registry.credentials import Membership, iso
 
 from .negotiation import Me
@@ -86,8 +87,8 @@ def end(session: Session, me: Me, agreement_id: str, kind: receipts.Kind, code: 
                                agreement_id=row.agreement_id, agreement_digest=row.digest)
     other = [SM2PublicKey.from_pem(row.counterparty_key.encode())] if row.counterparty_key \
         else []  # an ending seals nothing, so a row from before 0007 loses nothing
-    doc = receipts.issue(receipts.Ending(kind, me.participant_id, code, reason), parties,
-                         me.signer, row.role, now, [*other, *me.regulators])
+    content = receipts.Ending(kind, me.participant_id, code, reason, row.dataset_id)
+    doc = receipts.issue(content, parties, me.signer, row.role, now, [*other, *me.regulators])
     store.keep(session, doc, status=store.PENDING, now=now)  # nothing to countersign
     _mark(row, receipts.Receipt(doc), now)
     session.add(OutboxMessage(
@@ -126,10 +127,18 @@ def on_notice(session: Session, me: str, my_key: SM2PublicKey, sender: Membershi
     _check_text(receipt.public.get("code"), receipt.public.get("reason"))
     named = (receipt.provider, receipt.consumer, receipt.agreement_id,
              receipt.document.body.get("agreementDigest"))
-    if named != (row.provider_id, row.consumer_id, row.agreement_id, row.digest):
+    product = receipt.public.get("productId")  # absent in receipts from before it was added
+    if named != (row.provider_id, row.consumer_id, row.agreement_id, row.digest) \
+            or product not in (None, row.dataset_id):
         raise EndingRefused(400, "agreement-mismatch", "the receipt names another agreement")
     if row.end_receipt_id == receipt.id:
         return row  # the notice again (its answer was lost)
+    if row.end_kind is not None and row.ended_by == me:
+        # Both parties ended it at the same time: ours stands here, theirs is kept beside it
+        # (each issuer submits its own to the ledger, so the trace shows both).
+        if session.get(StoredReceipt, receipt.id) is None:
+            store.keep(session, receipt.document, status=store.RECEIVED, now=now)
+        return row
     if row.end_kind is not None:
         raise EndingRefused(409, "already-ended", f"agreement {agreement_id} was "
                             f"{status(row)} already, by {row.ended_by} (receipt "

@@ -155,9 +155,11 @@ class Ending:
     by: str  # the participant that ended it: the receipt's issuer
     code: str
     reason: str
+    product_id: str | None = None  # the agreement's data product, so a product's trace shows it
 
     def public(self) -> dict[str, Any]:
-        return {"by": self.by, "code": self.code, "reason": self.reason}
+        return {"by": self.by, "code": self.code, "reason": self.reason,
+                "productId": self.product_id}
 
     def confidential(self) -> dict[str, Any] | None:
         return None
