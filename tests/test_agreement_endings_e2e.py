@@ -106,7 +106,8 @@ def test_a_termination_reaches_both_nodes_the_ledger_and_the_trace(space: DataSp
     keys = {HOSPITAL: key_of(hospital).public_key, INSURER: key_of(insurer).public_key}
     verified = receipts.verify_receipt(issued["document"], keys)
     assert verified.kind is receipts.Kind.TERMINATION and list(verified.roles) == ["consumer"]
-    assert verified.public == {"by": INSURER, "code": "study-over", "reason": "study finished"}
+    assert verified.public == {"by": INSURER, "code": "study-over", "reason": "study finished",
+                               "productId": "bp-stats"}
     bundle = regulator.cli("audit", "export", "--out", "/dev/stdout", "--agreement", agreement)
     entries = [e for e in json.loads(bundle.stdout)["entries"]
                if e["receipt"]["body"]["kind"] == "termination"]
@@ -117,6 +118,9 @@ def test_a_termination_reaches_both_nodes_the_ledger_and_the_trace(space: DataSp
     assert traced.returncode == 0, traced.stderr
     assert "termination" in traced.stdout and "code: study-over" in traced.stdout
     assert "audit OK" in traced.stderr
+    by_product = regulator.cli("audit", "trace", "--product", "bp-stats")  # names it too
+    assert by_product.returncode == 0, by_product.stderr
+    assert "termination" in by_product.stdout and "code: study-over" in by_product.stdout
     with httpx.Client(base_url=regulator.url, timeout=30) as browser:
         browser.post("/console/login", data={"token": regulator.token, "next": "/console"})
         page = browser.get(f"/console/agreements/{agreement}")
