@@ -712,7 +712,10 @@ def _database_version(db: Database) -> str:
     if db.engine.dialect.name == "postgresql":
         with db.engine.connect() as conn:
             return f"PostgreSQL {conn.execute(text('SHOW server_version')).scalar()}"
-    return f"SQLite {sqlite3.sqlite_version} (WAL, synchronous=NORMAL, file in a temp dir)"
+    with db.engine.connect() as conn:
+        pages = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+    return (f"SQLite {sqlite3.sqlite_version} (WAL, synchronous=NORMAL, wal_autocheckpoint="
+            f"{pages:,} pages, file in a temp dir)")
 
 
 def run(settings: Settings, *, postgres: bool, anvil: bool, quick: bool) -> Result:
