@@ -53,8 +53,11 @@ def leaf_bytes(document: SignedDocument) -> bytes:
 
 def _entry_row(index: int, r: Receipt, digest: str, submitter: str,
                entry: bytes) -> tuple[object, ...]:
-    return (index, r.id, digest, r.kind.value, r.agreement_id, r.public.get("productId"),
-            r.provider, r.consumer, submitter, JSONText(entry.decode()))
+    body = r.document.body  # read directly: the log appends thousands a second
+    agreement = body.get("agreementId")
+    return (index, r.id, digest, r.kind.value, None if agreement is None else str(agreement),
+            body["public"].get("productId"), str(body["provider"]), str(body["consumer"]),
+            submitter, JSONText(entry.decode()))
 
 
 class TransparencyLog:
