@@ -276,3 +276,31 @@ def test_a_consumer_killed_mid_negotiation_finishes_after_restart(space: DataSpa
     consumer.start(space.env)  # comes back: the provider's retries deliver the agreement
     assert wait_state(consumer, started["pid"], ("FINALIZED",), timeout=60)["agreementId"]
     assert wait_state(provider, theirs, ("FINALIZED",))["state"] == "FINALIZED"
+
+
+def test_protocol_messages_are_checked_before_anything_is_read(space: DataSpace) -> None:
+    """The signature is checked in the same worker-thread call as the transaction, but first:
+    a wrongly signed, tampered or replayed message is a 401 that changes nothing, even when its
+    body is not a message at all."""
+    provider, consumer = space.members["tax-bureau"], space.members["bank"]
+    started = negotiate(space, "manual-data")
+    theirs = provider_side_when(space, started["pid"])
+    url = f"{provider.url}/negotiations/{theirs}/termination"
+    key, credential = _identity(consumer)
+    content = canonical_json(messages.termination(theirs, started["pid"], "stop", ["x"]))
+
+    def headers(signer: SM2PrivateKey) -> dict[str, str]:
+        base = {"content-type": "application/json",
+                CREDENTIAL_HEADER: encode_credential(credential)}
+        return {**base, **sign_request("POST", url, base, content, signer)}
+
+    other = httpx.post(url, content=content, headers=headers(SM2PrivateKey.generate()))
+    assert other.status_code == 401 and other.json()["error"] == "unknown-key"
+    tampered = httpx.post(url, content=b"not a message", headers=headers(key))
+    assert tampered.status_code == 401 and tampered.json()["error"] == "digest-mismatch"
+    assert provider.ok("GET", f"/api/negotiations/{theirs}")["state"] == "REQUESTED"
+    signed = headers(key)
+    first = httpx.post(url, content=content, headers=signed)
+    assert first.status_code == 200 and first.json()["state"] == "TERMINATED"
+    again = httpx.post(url, content=content, headers=signed)
+    assert again.status_code == 401 and again.json()["error"] == "replayed-nonce"

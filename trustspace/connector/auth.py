@@ -88,23 +88,35 @@ class Caller:
 async def verify_signed(request: Request, resolve: Callable[[str], SM2PublicKey | None],
                         required: tuple[str, ...]) -> bytes:
     """Check the RFC 9421 signature of this request; return its body."""
+    body, check = await _signature_check(request, resolve, required)
+    await run_in_threadpool(check)
+    return body
+
+
+async def _signature_check(request: Request, resolve: Callable[[str], SM2PublicKey | None],
+                           required: tuple[str, ...]) -> tuple[bytes, Callable[[], None]]:
+    """The request's body, and a function that checks its RFC 9421 signature (raising
+    ApiError) to run in a worker thread: it does an SM2 verification."""
     node = node_of(request)
     body = await request.body()
     headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
-    try:
-        verified = await run_in_threadpool(
-            verify_request, request.method, asgi_request_url(request.scope), headers, body,
-            resolve, node.nonces, now=node.clock(), max_skew=node.max_skew,
-            required_components=required)
-    except RequestSignatureError as exc:
-        raise ApiError(401, exc.reason, exc.detail) from None
-    except NonceStoreFull:
-        raise ApiError(503, "busy", "replay protection is saturated; retry later") from None
-    if verified.created < node.started_at:
-        # Nonces seen before a restart are forgotten, so a request signed before this process
-        # started could be a replay: refuse it (senders sign every attempt afresh).
-        raise ApiError(401, "stale", "signed before this node started; sign the request again")
-    return body
+    method, url, now = request.method, asgi_request_url(request.scope), node.clock()
+
+    def check() -> None:
+        try:
+            verified = verify_request(method, url, headers, body, resolve, node.nonces, now=now,
+                                      max_skew=node.max_skew, required_components=required)
+        except RequestSignatureError as exc:
+            raise ApiError(401, exc.reason, exc.detail) from None
+        except NonceStoreFull:
+            raise ApiError(503, "busy", "replay protection is saturated; retry later") from None
+        if verified.created < node.started_at:
+            # Nonces seen before a restart are forgotten, so a request signed before this
+            # process started could be a replay: refuse it (senders sign every attempt afresh).
+            raise ApiError(401, "stale",
+                           "signed before this node started; sign the request again")
+
+    return body, check
 
 
 _CREDENTIAL_CACHE_SIZE = 1024
@@ -129,28 +141,59 @@ def _credential(node: Node, header: str, roles: tuple[str, ...]) -> Membership:
     return known
 
 
+@dataclass(frozen=True)
+class UncheckedCall:
+    """A member's request whose credential has been checked but not yet its signature:
+    `verify()` does that (raising ApiError, as `member()` would) and only then gives the body.
+    For handlers that run a transaction next: the check and the transaction share one
+    worker-thread call instead of two (docs/performance.md, "Contract negotiation")."""
+
+    membership: Membership
+    _body: bytes
+    _check: Callable[[], None]
+
+    def verify(self) -> Caller:
+        self._check()
+        return Caller(self.membership, self._body)
+
+
+async def _unchecked(request: Request, roles: tuple[str, ...]) -> UncheckedCall:
+    node = node_of(request)
+    header = request.headers.get(CREDENTIAL_HEADER)
+    if not header:
+        raise ApiError(401, "missing-credential",
+                       "node-to-node requests carry a Trustspace-Credential header")
+    try:
+        await node.revocations.refresh_if_stale()
+    except Exception as exc:  # the authority is down: fail closed, say so
+        raise ApiError(503, "revocation-unavailable", f"cannot check revocation: {exc}") \
+            from None
+    try:
+        membership = _credential(node, header, roles)
+    except CredentialInvalid as exc:
+        status = 403 if exc.reason in _FORBIDDEN else 401
+        raise ApiError(status, exc.reason, exc.detail) from None
+    body, check = await _signature_check(
+        request, lambda kid: membership.public_key if kid == membership.key_id else None,
+        ("content-digest", CREDENTIAL_HEADER))
+    return UncheckedCall(membership, body, check)
+
+
 def member(*roles: str) -> Callable[[Request], Awaitable[Caller]]:
     """Dependency factory: a signed request from a member holding one of `roles`."""
 
     async def dependency(request: Request) -> Caller:
-        node = node_of(request)
-        header = request.headers.get(CREDENTIAL_HEADER)
-        if not header:
-            raise ApiError(401, "missing-credential",
-                           "node-to-node requests carry a Trustspace-Credential header")
-        try:
-            await node.revocations.refresh_if_stale()
-        except Exception as exc:  # the authority is down: fail closed, say so
-            raise ApiError(503, "revocation-unavailable", f"cannot check revocation: {exc}") \
-                from None
-        try:
-            membership = _credential(node, header, roles)
-        except CredentialInvalid as exc:
-            status = 403 if exc.reason in _FORBIDDEN else 401
-            raise ApiError(status, exc.reason, exc.detail) from None
-        body = await verify_signed(
-            request, lambda kid: membership.public_key if kid == membership.key_id else None,
-            ("content-digest", CREDENTIAL_HEADER))
-        return Caller(membership, body)
+        call = await _unchecked(request, roles)
+        return await run_in_threadpool(call.verify)
+
+    return dependency
+
+
+def unchecked_member(*roles: str) -> Callable[[Request], Awaitable[UncheckedCall]]:
+    """Like `member`, but the handler must call `verify()` (in its worker thread) before it
+    reads the body or does anything on the caller's behalf."""
+
+    async def dependency(request: Request) -> UncheckedCall:
+        return await _unchecked(request, roles)
 
     return dependency

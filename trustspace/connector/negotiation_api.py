@@ -17,11 +17,11 @@ from starlette.concurrency import run_in_threadpool
 from trustspace.contracts import messages
 from trustspace.contracts import negotiation as engine
 from trustspace.contracts.states import Message, Role, State
-from trustspace.contracts.tables import Negotiation
+from trustspace.contracts.tables import Negotiation, OutboxMessage
 from trustspace.registry import dsp
-from trustspace.registry.credentials import iso
+from trustspace.registry.credentials import Membership, iso
 
-from .auth import Caller, member, node_of, operator
+from .auth import Caller, UncheckedCall, member, node_of, operator, unchecked_member
 from .catalog_api import published_views
 from .client import NodeClient, RemoteError
 from .errors import ApiError
@@ -29,7 +29,8 @@ from .node import Node
 
 router = APIRouter(tags=["protocol: negotiation"])
 manage = APIRouter(prefix="/api", tags=["management: negotiations"])
-AnyMember = Annotated[Caller, Depends(member())]
+# Protocol messages check the signature in the worker thread that runs their transaction.
+AnyMember = Annotated[UncheckedCall, Depends(unchecked_member())]
 Operator = Annotated[Node, Depends(operator)]
 T = TypeVar("T")
 
@@ -69,28 +70,38 @@ def _ack(neg: Negotiation) -> dict[str, Any]:
     return messages.negotiation(neg.provider_pid, neg.consumer_pid, State(neg.state))
 
 
-async def _handle(node: Node, caller: Caller, expected: tuple[Message, ...],
-                  work: Callable[[Session, messages.Parsed], Negotiation],
-                  status: int = 200) -> JSONResponse:
+Work = Callable[[Session, Membership, messages.Parsed], Negotiation]
+
+
+async def _handle(node: Node, call: UncheckedCall, expected: tuple[Message, ...], work: Work,
+                  status: int = 200, receipt: bool = False) -> JSONResponse:
+    """Check the signature, read the message and apply it in one transaction, all in one
+    worker-thread call; then hand the message the transaction wrote to the outbox. `receipt`:
+    the work may write a receipt (the provider finalizing), so wake the receipt worker; waking
+    it after every message cost it a database scan each time."""
     parsed: messages.Parsed | None = None
-    try:
+
+    def transaction() -> tuple[dict[str, Any], list[OutboxMessage]]:
+        nonlocal parsed
+        caller = call.verify()  # first: nothing of an unauthenticated request is read
         try:
             parsed = messages.parse(json.loads(caller.body or b"null"), expected)
         except (ValueError, messages.MessageInvalid) as exc:
             raise engine.NegotiationRefused(400, "malformed", str(exc)) from None
+        with node.db.transaction() as session:
+            ack = _ack(work(session, caller.membership, parsed))
+            rows = engine.written(session)
+        return ack, rows
 
-        def transaction() -> dict[str, Any]:
-            assert parsed is not None  # noqa: S101 - set above
-            with node.db.transaction() as session:
-                return _ack(work(session, parsed))
-
-        ack = await run_in_threadpool(transaction)
+    try:
+        ack, rows = await run_in_threadpool(transaction)
     except engine.NegotiationRefused as exc:
         return _refusal(exc, parsed)
     except messages.MessageInvalid as exc:
         return _refusal(engine.NegotiationRefused(400, "malformed", exc.detail), parsed)
-    node.outbox.kick()
-    node.receipts.kick()  # a finalized agreement left an authorization receipt
+    node.outbox.send_now(rows)
+    if receipt:
+        node.receipts.kick()  # a finalized agreement left an authorization receipt
     return JSONResponse(ack, status_code=status)
 
 
@@ -99,42 +110,49 @@ def _unknown(pid: str) -> JSONResponse:
                                        [f"no negotiation {pid} here"]), status_code=404)
 
 
-def _role_of(node: Node, pid: str) -> Role | None:
-    with node.db.read() as session:
-        neg = session.get(Negotiation, pid)
-        return Role(neg.role) if neg else None
+def _role_of(session: Session, pid: str) -> Role:
+    """Which side of negotiation `pid` this node is, read in the message's transaction."""
+    role = session.scalar(select(Negotiation.role).where(Negotiation.pid == pid))
+    if role is None:
+        raise engine.NegotiationRefused(404, "unknown-negotiation", f"no negotiation {pid} here")
+    return Role(role)
+
+
+def _expect(msg: messages.Parsed, kind: Message) -> None:
+    """The events endpoint takes ACCEPTED at the provider, FINALIZED at the consumer."""
+    if msg.kind is not kind:
+        raise messages.MessageInvalid(f"{msg.body.get('@type')} is not accepted at this endpoint")
 
 
 # ---- protocol: the provider's endpoints ------------------------------------------------------
 
 @router.post("/negotiations/request", status_code=201)
-async def initial_request(caller: Annotated[Caller, Depends(member("consumer"))],
+async def initial_request(call: Annotated[UncheckedCall, Depends(unchecked_member("consumer"))],
                           request: Request) -> JSONResponse:
     node = node_of(request)
-    party = me(node)
-    return await _handle(node, caller, (Message.REQUEST,), lambda s, m: engine.on_request(
-        s, party, caller.membership, m, None, product_terms(node), node.clock()), status=201)
+    return await _handle(node, call, (Message.REQUEST,), lambda s, sender, m: engine.on_request(
+        s, me(node), sender, m, None, product_terms(node), node.clock()), status=201)
 
 
 @router.post("/negotiations/{pid}/request")
-async def counter_request(pid: str, caller: AnyMember, request: Request) -> JSONResponse:
+async def counter_request(pid: str, call: AnyMember, request: Request) -> JSONResponse:
     node = node_of(request)
-    party = me(node)
-    return await _handle(node, caller, (Message.REQUEST,), lambda s, m: engine.on_request(
-        s, party, caller.membership, m, pid, product_terms(node), node.clock()))
+    return await _handle(node, call, (Message.REQUEST,), lambda s, sender, m: engine.on_request(
+        s, me(node), sender, m, pid, product_terms(node), node.clock()))
 
 
 @router.post("/negotiations/{pid}/agreement/verification")
-async def verification(pid: str, caller: AnyMember, request: Request) -> JSONResponse:
+async def verification(pid: str, call: AnyMember, request: Request) -> JSONResponse:
     node = node_of(request)
-    party = me(node)
-    return await _handle(node, caller, (Message.VERIFICATION,),
-                         lambda s, m: engine.on_verification(s, party, caller.membership, m,
-                                                             pid, node.clock()))
+    return await _handle(node, call, (Message.VERIFICATION,),
+                         lambda s, sender, m: engine.on_verification(s, me(node), sender, m,
+                                                                     pid, node.clock()),
+                         receipt=True)
 
 
 @router.get("/negotiations/{pid}")
-def get_negotiation(pid: str, caller: AnyMember, request: Request) -> JSONResponse:
+def get_negotiation(pid: str, caller: Annotated[Caller, Depends(member())],
+                    request: Request) -> JSONResponse:
     node = node_of(request)
     with node.db.read() as session:
         neg = session.get(Negotiation, pid)
@@ -146,53 +164,51 @@ def get_negotiation(pid: str, caller: AnyMember, request: Request) -> JSONRespon
 # ---- protocol: the consumer's callbacks --------------------------------------------------------
 
 @router.post("/negotiations/offers", status_code=201)
-async def initial_offer(caller: AnyMember, request: Request) -> JSONResponse:
+async def initial_offer(call: AnyMember, request: Request) -> JSONResponse:
     node = node_of(request)
-    return await _handle(node, caller, (Message.OFFER,), lambda s, m: engine.on_offer(
-        s, caller.membership, m, None, node.clock()), status=201)
+    return await _handle(node, call, (Message.OFFER,), lambda s, sender, m: engine.on_offer(
+        s, sender, m, None, node.clock()), status=201)
 
 
 @router.post("/negotiations/{pid}/offers")
-async def counter_offer(pid: str, caller: AnyMember, request: Request) -> JSONResponse:
+async def counter_offer(pid: str, call: AnyMember, request: Request) -> JSONResponse:
     node = node_of(request)
-    return await _handle(node, caller, (Message.OFFER,), lambda s, m: engine.on_offer(
-        s, caller.membership, m, pid, node.clock()))
+    return await _handle(node, call, (Message.OFFER,), lambda s, sender, m: engine.on_offer(
+        s, sender, m, pid, node.clock()))
 
 
 @router.post("/negotiations/{pid}/agreement")
-async def agreement(pid: str, caller: AnyMember, request: Request) -> JSONResponse:
+async def agreement(pid: str, call: AnyMember, request: Request) -> JSONResponse:
     node = node_of(request)
-    party = me(node)
-    return await _handle(node, caller, (Message.AGREEMENT,), lambda s, m: engine.on_agreement(
-        s, party, caller.membership, m, pid, node.clock()))
+    return await _handle(node, call, (Message.AGREEMENT,),
+                         lambda s, sender, m: engine.on_agreement(s, me(node), sender, m, pid,
+                                                                  node.clock()))
 
 
 # ---- protocol: both sides ---------------------------------------------------------------------
 
 @router.post("/negotiations/{pid}/events")
-async def events(pid: str, caller: AnyMember, request: Request) -> JSONResponse:
+async def events(pid: str, call: AnyMember, request: Request) -> JSONResponse:
     """ACCEPTED (consumer to provider) or FINALIZED (provider to consumer)."""
     node = node_of(request)
-    role = _role_of(node, pid)
-    if role is None:
-        return _unknown(pid)
-    if role is Role.PROVIDER:
-        party = me(node)
-        return await _handle(node, caller, (Message.ACCEPTED,), lambda s, m: engine.on_accepted(
-            s, party, caller.membership, m, pid, product_terms(node), node.clock()))
-    return await _handle(node, caller, (Message.FINALIZED,), lambda s, m: engine.on_finalized(
-        s, caller.membership, m, pid, node.clock()))
+
+    def work(session: Session, sender: Membership, msg: messages.Parsed) -> Negotiation:
+        if _role_of(session, pid) is Role.PROVIDER:
+            _expect(msg, Message.ACCEPTED)
+            return engine.on_accepted(session, me(node), sender, msg, pid, product_terms(node),
+                                      node.clock())
+        _expect(msg, Message.FINALIZED)
+        return engine.on_finalized(session, sender, msg, pid, node.clock())
+
+    return await _handle(node, call, (Message.ACCEPTED, Message.FINALIZED), work)
 
 
 @router.post("/negotiations/{pid}/termination")
-async def termination(pid: str, caller: AnyMember, request: Request) -> JSONResponse:
+async def termination(pid: str, call: AnyMember, request: Request) -> JSONResponse:
     node = node_of(request)
-    role = _role_of(node, pid)
-    if role is None:
-        return _unknown(pid)
-    return await _handle(node, caller, (Message.TERMINATION,),
-                         lambda s, m: engine.on_termination(s, role, caller.membership, m, pid,
-                                                            node.clock()))
+    return await _handle(node, call, (Message.TERMINATION,),
+                         lambda s, sender, m: engine.on_termination(
+                             s, _role_of(s, pid), sender, m, pid, node.clock()))
 
 
 # ---- management --------------------------------------------------------------------------------
@@ -206,15 +222,17 @@ def _summary(neg: Negotiation) -> dict[str, Any]:
 
 
 async def _act(node: Node, work: Callable[[Session], Negotiation]) -> dict[str, Any]:
-    def transaction() -> dict[str, Any]:
+    def transaction() -> tuple[dict[str, Any], list[OutboxMessage]]:
         with node.db.transaction() as session:
-            return _summary(work(session))
+            summary = _summary(work(session))
+            rows = engine.written(session)
+        return summary, rows
 
     try:
-        result = await run_in_threadpool(transaction)
+        result, rows = await run_in_threadpool(transaction)
     except engine.NegotiationRefused as exc:
         raise ApiError(exc.status, exc.code, exc.detail) from None
-    node.outbox.kick()
+    node.outbox.send_now(rows)
     return result
 
 

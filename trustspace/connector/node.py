@@ -7,7 +7,7 @@ import asyncio
 import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import httpx
 from sqlalchemy import select
 
+from trustspace.contracts.tables import OutboxMessage
 from trustspace.crypto import SM2PrivateKey, SM2PublicKey, verify_document
 from trustspace.db import Database
 from trustspace.ledger.log import TransparencyLog
@@ -83,10 +84,17 @@ class OutboxLike(Protocol):
     async def stop(self) -> None: ...
 
 
+class Outbox(OutboxLike, Protocol):
+    def send_now(self, rows: Sequence[OutboxMessage]) -> None: ...
+
+
 class _NoOutbox:
     """Until the app wires the real sender in."""
 
     def kick(self) -> None:
+        pass
+
+    def send_now(self, rows: Sequence[OutboxMessage]) -> None:
         pass
 
     def start(self) -> None:
@@ -121,7 +129,7 @@ class Node:
                                            settings.revocation_ttl_seconds,
                                            settings.http_timeout_seconds)
         self.max_skew = timedelta(seconds=settings.clock_skew_seconds)
-        self.outbox: OutboxLike = _NoOutbox()
+        self.outbox: Outbox = _NoOutbox()
         self.receipts: OutboxLike = _NoOutbox()  # the receipt worker, once the app starts
         self.witness_pusher: OutboxLike = _NoOutbox()  # on the authority
         self.jobs: OutboxLike = _NoOutbox()  # the in-process job worker(s)

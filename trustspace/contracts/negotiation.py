@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from trustspace.crypto import (
@@ -117,20 +119,37 @@ def _move(neg: Negotiation, message: Message, sender: Role, now: datetime) -> No
     neg.updated_at = now
 
 
+_WRITTEN = "trustspace.outbox"  # session.info key: the outbox rows this transaction wrote
+
+
 def _send(session: Session, neg: Negotiation, path: str, message: dict[str, Any],
           now: datetime) -> None:
-    session.add(OutboxMessage(pid=neg.pid, url=f"{neg.counterparty_url}{path}",
-                              message=message, attempts=0, next_attempt_at=now,
-                              failed=False, created_at=now))
+    values: dict[str, Any] = {
+        "pid": neg.pid, "url": f"{neg.counterparty_url}{path}", "message": message,
+        "attempts": 0, "next_attempt_at": now, "failed": False, "created_at": now}
+    # One INSERT now rather than a unit-of-work flush at commit; the row given to the sender
+    # is a plain copy of what was written (it only reads it).
+    row_id = session.scalar(insert(OutboxMessage).values(values).returning(OutboxMessage.id))
+    session.info.setdefault(_WRITTEN, []).append(OutboxMessage(id=row_id, **values))
+
+
+def written(session: Session) -> list[OutboxMessage]:
+    """The outbox rows this session's transaction wrote, so the caller can hand them to the
+    sender once it has committed instead of having it scan for them."""
+    rows: list[OutboxMessage] = session.info.get(_WRITTEN, [])
+    return rows
 
 
 def _first_time(session: Session, pid: str, body: Mapping[str, Any], now: datetime) -> bool:
-    """Record an inbound message; False if exactly this message was applied before."""
-    digest = _digest(body)
-    if session.get(InboundMessage, (pid, digest)) is not None:
-        return False
-    session.add(InboundMessage(pid=pid, digest=digest, received_at=now))
-    return True
+    """Record an inbound message; False if exactly this message was applied before. One
+    INSERT that skips an existing key (SQLite and PostgreSQL both have ON CONFLICT DO
+    NOTHING) instead of a read and then an ORM insert: this runs for every message."""
+    upsert = sqlite_insert if session.get_bind().dialect.name == "sqlite" else pg_insert
+    # RETURNING says whether a row went in (psycopg's rowcount here is -1).
+    added = session.scalar(upsert(InboundMessage).values(
+        pid=pid, digest=_digest(body), received_at=now).on_conflict_do_nothing()
+        .returning(InboundMessage.pid))
+    return added is not None
 
 
 def _own(session: Session, pid: str | None, role: Role, sender: Membership,
