@@ -1,16 +1,18 @@
 """`trustspace demo`: for now, a crypto self-check and a small story that prints what it proved.
 
 Later issues grow it into the whole data-exchange demo; each step stays a function that returns
-one line of evidence or raises.
+one line of evidence or raises. The summary table gives each step's seconds; TRUSTSPACE_DEMO_SKIP
+(step names as the table shows them, comma-separated) leaves steps out, each reported skipped.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from trustspace.connector.localspace import LocalDataSpace, local_dataspace
@@ -142,10 +144,18 @@ CRYPTO_STEPS: list[tuple[str, Callable[[], str]]] = [
 STEPS = CRYPTO_STEPS  # kept for callers that list the crypto checks
 
 
-def _run_steps(steps: list[tuple[str, Callable[[], str]]],
-               table: list[tuple[str, bool, float]]) -> int:
-    failures = 0
+SKIP_ENV = "TRUSTSPACE_DEMO_SKIP"  # step names to leave out, comma-separated
+
+Row = tuple[str, str, float]  # a step, its result (pass, FAIL, skipped; "" for set-up), seconds
+
+
+def _run_steps(steps: list[tuple[str, Callable[[], str]]], table: list[Row],
+               skip: Collection[str] = ()) -> None:
     for name, step in steps:
+        if name in skip:  # said on its line and in the summary: a skip never passes silently
+            table.append((name, "skipped", 0.0))
+            print(f"  – {name}: skipped ({SKIP_ENV})", flush=True)
+            continue
         started = time.perf_counter()
         print(f"  … {name}", end="\r", flush=True)
         try:
@@ -153,35 +163,46 @@ def _run_steps(steps: list[tuple[str, Callable[[], str]]],
             ok = True
         except Exception as exc:  # a demo reports every failure and carries on
             line, ok = f"{type(exc).__name__}: {exc}", False
-            failures += 1
         seconds = time.perf_counter() - started
-        table.append((name, ok, seconds))
+        table.append((name, "pass" if ok else "FAIL", seconds))
         print(f"  {'✓' if ok else '✗'} {name}: {line}", flush=True)
-    return failures
 
 
-def _summary(table: list[tuple[str, bool, float]]) -> None:
+def _summary(table: list[Row], seconds: float) -> None:
     width = max(len(name) for name, _, _ in table)
-    print("\n  " + "step".ljust(width) + "  result  seconds")
-    for name, ok, seconds in table:
-        print(f"  {name.ljust(width)}  {'pass' if ok else 'FAIL':6}  {seconds:7.1f}")
+    print("\n  " + "step".ljust(width) + "  result   seconds")
+    for name, result, took in table:
+        print(f"  {name.ljust(width)}  {result or '-':7}  {took:7.1f}")
+    print(f"  {'total'.ljust(width)}  {'':7}  {seconds:7.1f}")
+
+
+def _skip_from_env() -> frozenset[str]:
+    return frozenset(n.strip() for n in os.environ.get(SKIP_ENV, "").split(",") if n.strip())
 
 
 def run(with_dataspace: bool = True, keep: bool = False, rpc_url: str | None = None,
-        chain_keys: list[str] | None = None) -> bool:
+        chain_keys: list[str] | None = None, skip: Collection[str] | None = None) -> bool:
     """Every check; True only if all passed. `keep`: leave the data space running until
     interrupted (Ctrl-C), printing where its nodes are. `rpc_url`: anchor the hospitals' logs
-    on that EVM chain, deploying the contract with the first of `chain_keys`."""
-    table: list[tuple[str, bool, float]] = []
+    on that EVM chain, deploying the contract with the first of `chain_keys`. `skip`: names of
+    steps to leave out (default: those in $TRUSTSPACE_DEMO_SKIP); each is reported as skipped."""
+    from .demo_story import STEPS as STORY_STEPS
+
+    began = time.perf_counter()
+    skipped = _skip_from_env() if skip is None else frozenset(skip)
+    unknown = skipped - {name for name, _ in [*STEPS, *STORY_STEPS]}
+    if unknown:  # a misspelt name would otherwise run the step the caller meant to leave out
+        print(f"  ✗ {SKIP_ENV}: no step named {', '.join(sorted(unknown))}", flush=True)
+        return False
+    table: list[Row] = []
     print("trustspace demo — crypto core self-check", flush=True)
-    steps = list(STEPS)
-    failures = _run_steps(steps, table)
-    total = len(steps)
+    _run_steps(list(STEPS), table, skipped)
     if with_dataspace:
         from .demo_story import Chain, Story
 
         print("trustspace demo — a data space on this machine (real processes, loopback)",
               flush=True)
+        setting_up = time.perf_counter()
         chain = None
         if rpc_url is not None:
             try:
@@ -194,17 +215,21 @@ def run(with_dataspace: bool = True, keep: bool = False, rpc_url: str | None = N
         root = Path(tempfile.mkdtemp(prefix="trustspace-demo-"))
         try:
             with local_dataspace(root) as space:
-                story = Story(space, chain).steps()
-                total += len(story)
-                failures += _run_steps(story, table)
+                table.append(("set-up: authority" + (", chain" if chain else ""), "",
+                              time.perf_counter() - setting_up))
+                _run_steps(Story(space, chain).steps(), table, skipped)
                 if keep:
                     _keep(space)
         finally:
             if not keep:
                 shutil.rmtree(root, ignore_errors=True)
-    _summary(table)
-    print(f"{total - failures} of {total} checks passed")
-    return failures == 0
+    _summary(table, time.perf_counter() - began)
+    results = [result for _, result, _ in table if result]
+    total, passed = results.count("pass") + results.count("FAIL"), results.count("pass")
+    left_out = [name for name, result, _ in table if result == "skipped"]
+    print(f"{passed} of {total} checks passed"
+          + (f", {len(left_out)} skipped ({', '.join(left_out)})" if left_out else ""))
+    return passed == total
 
 
 def _keep(space: LocalDataSpace) -> None:

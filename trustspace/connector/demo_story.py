@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,12 +142,8 @@ class Story:
     def members(self) -> str:
         wanted = [("regulator", "regulator"), *((h, "provider") for h in HOSPITALS),
                   ("research-institute", "consumer"), ("bank", "consumer")]
-        self.space.add_members(wanted)
-        if self.chain is not None:  # each hospital's own log, anchored on the chain
-            for hospital in HOSPITALS:
-                node = self.node(hospital)
-                node.stop()
-                node.start({**self.space.env, **self.chain.env(hospital)})
+        chain = self.chain  # with a chain, each hospital keeps its own log, anchored on it
+        self.space.add_members(wanted, {h: chain.env(h) for h in HOSPITALS} if chain else None)
         roles = [self.node(n).ok("GET", "/api/node")["roles"][0] for n, _ in wanted]
         anchor = self.space.authority.ok("GET", "/api/node")["keyId"]
         return (f"authority {anchor[:12]}… admitted {len(roles)} members ({roles.count('provider')}"
@@ -240,26 +239,28 @@ class Story:
         return str(wait_for(done, "the agreement"))
 
     def negotiate(self) -> str:
-        # 1. automatic: the research offer
+        # Every request is sent first and the nodes negotiate side by side; the demo then waits
+        # for each outcome. 1. automatic: the research offer, and the institute's federated
+        # study with each hospital
         auto = self._negotiate("research-institute", "hospital-a", "research")
-        self.agreements["research"] = self._finalized("research-institute", auto)
+        studies = [self._negotiate_dataset("research-institute", name, f"biopsies-{name[-1]}",
+                                           "federated") for name in HOSPITALS]
         # 2. manual: hospital-b's operator approves the bank's scoring request
         manual = self._negotiate("bank", "hospital-b", "scoring")
-        hospital = self.node("hospital-b")
-        waiting = wait_for(lambda: [n for n in hospital.ok("GET", "/api/negotiations")[
-            "negotiations"] if n["state"] == "REQUESTED"], "the bank's request at hospital-b")
-        approved = hospital.cli("negotiations", "approve", waiting[0]["pid"])
-        check(approved.returncode == 0, f"approve: {approved.stderr}")
-        self.agreements["scoring"] = self._finalized("bank", manual)
         # 3. refused by policy: the bank asks hospital-c for the scoring terms without their
         # purpose constraint, in a request signed by its own node
         refused = self._forged_offer("bank", "hospital-c")
         check(refused.status_code == 400 and refused.json().get("code") == "offer-mismatch",
               f"the loosened offer was not refused: {refused.status_code} {refused.text}")
-        for name in HOSPITALS:  # the institute's federated study, agreed automatically
-            pid = self._negotiate_dataset("research-institute", name, f"biopsies-{name[-1]}",
-                                          "federated")
-            self.federated.append(self._finalized("research-institute", pid))
+        hospital = self.node("hospital-b")
+        waiting = wait_for(lambda: [n for n in hospital.ok("GET", "/api/negotiations")[
+            "negotiations"] if n["consumerPid"] == manual and n["state"] == "REQUESTED"],
+            "the bank's request at hospital-b")
+        approved = hospital.cli("negotiations", "approve", waiting[0]["pid"])
+        check(approved.returncode == 0, f"approve: {approved.stderr}")
+        self.agreements["research"] = self._finalized("research-institute", auto)
+        self.agreements["scoring"] = self._finalized("bank", manual)
+        self.federated = [self._finalized("research-institute", pid) for pid in studies]
         shown = hospital.ok("GET", f"/api/agreements/{self.agreements['scoring']}")
         roles = [s["role"] for s in shown["document"]["signatures"]]
         check(roles == ["provider", "consumer"], "the agreement is signed by both")
@@ -414,11 +415,13 @@ class Story:
         script = self.space.root / "count.py"
         script.write_text("from trustspace.sandbox import api\n"
                           "api.aggregate('n', len(api.read_rows('diabetes-a')), None)\n")
-        wrong = self.node("research-institute").cli(
-            "run", self.agreements["research"], str(script), "--purpose", "marketing")
-        check(wrong.returncode == 1 and "policy-denied" in wrong.stderr,
-              f"a job for another purpose: {wrong.stderr}")
-        leaving = self.space.add_member("former-partner", "consumer")
+        with ThreadPoolExecutor(max_workers=1) as pool:  # a new member joins meanwhile
+            joining = pool.submit(self.space.add_member, "former-partner", "consumer")
+            wrong = self.node("research-institute").cli(
+                "run", self.agreements["research"], str(script), "--purpose", "marketing")
+            check(wrong.returncode == 1 and "policy-denied" in wrong.stderr,
+                  f"a job for another purpose: {wrong.stderr}")
+            leaving = joining.result()
         node = leaving.ok("GET", "/api/node")
         self.space.authority.ok("POST", "/api/members/revoke",
                                 {"participant_id": node["participantId"]})
@@ -434,24 +437,38 @@ class Story:
         summary = self._signed("regulator", "GET", f"{self.space.authority.url}/audit/summary",
                                None)
         check(summary.status_code == 200, f"audit summary: {summary.text}")
-        kinds: list[str] = []
         every = [*self.agreements.values(), *self.federated]
-        for agreement in every:
+        sources = {agreement: self._source(agreement) for agreement in every}
+
+        def trace(agreement: str) -> list[str]:
             traced = regulator.cli("audit", "trace", "--agreement", agreement,
-                                   *self._source(agreement))
+                                   *sources[agreement])
             check(traced.returncode == 0 and "authorization" in traced.stdout,
                   f"audit trace: {traced.stderr}")
-            kinds += [k for k in ("delivery", "refusal") if k in traced.stdout]
-        if self.chain is None:
-            verified = wait_for(lambda: (v := regulator.cli("audit", "verify", "--require-final"))
-                                .returncode == 0 and v, "a final checkpoint", timeout=30)
-        else:  # each hospital's log, and its anchors read from the chain
-            for hospital in HOSPITALS:
-                verified = regulator.cli("audit", "verify", "--source", self.node(hospital).url,
-                                         "--rpc-url", self.chain.rpc_url,
-                                         "--contract", self.chain.contract)
-                check(verified.returncode == 0 and " 0 anchors" not in verified.stderr,
-                      f"audit verify {hospital}: {verified.stdout} {verified.stderr}")
+            return [k for k in ("delivery", "refusal") if k in traced.stdout]
+
+        def verify_log() -> subprocess.CompletedProcess[str]:
+            verified: subprocess.CompletedProcess[str] = wait_for(
+                lambda: (v := regulator.cli("audit", "verify", "--require-final"))
+                .returncode == 0 and v, "a final checkpoint", timeout=30)
+            return verified
+
+        def verify_anchored(hospital: str, chain: Chain) -> subprocess.CompletedProcess[str]:
+            verified = regulator.cli("audit", "verify", "--source", self.node(hospital).url,
+                                     "--rpc-url", chain.rpc_url, "--contract", chain.contract)
+            check(verified.returncode == 0 and " 0 anchors" not in verified.stderr,
+                  f"audit verify {hospital}: {verified.stdout} {verified.stderr}")
+            return verified
+
+        # Each trace and verification is a CLI process of its own, read-only: run side by side.
+        with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+            if self.chain is None:  # the authority's shared log, up to a final checkpoint
+                verifying = [pool.submit(verify_log)]
+            else:  # each hospital's log, and its anchors read from the chain
+                verifying = [pool.submit(verify_anchored, h, self.chain) for h in HOSPITALS]
+            tracing = [pool.submit(trace, agreement) for agreement in every]
+            kinds = [kind for traced in tracing for kind in traced.result()]
+            verified = [v.result() for v in verifying][-1]
         logs = ("the whole log" if self.chain is None else
                 "each hospital's log against its anchors on the chain")
         return (f"the regulator read the audit summary, traced all {len(every)} agreements "

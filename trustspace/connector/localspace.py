@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -71,9 +71,14 @@ class LocalNode:
                 time.sleep(0.1)
         raise LocalNodeError(f"{self.name} did not start: {self.log.read_text()[-2000:]}")
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """Ask the node to stop (SIGTERM) without waiting for it; `stop` waits."""
         if self.process and self.process.poll() is None:
             self.process.terminate()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.terminate()
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
@@ -119,11 +124,13 @@ class LocalDataSpace:
         node.token = (node.home / "operator.token").read_text().strip()
         return node
 
-    def add_member(self, name: str, roles: str) -> LocalNode:
-        """Start a participant, apply with `roles` (comma-separated), approve, collect."""
+    def add_member(self, name: str, roles: str, env: Mapping[str, str] | None = None
+                   ) -> LocalNode:
+        """Start a participant, apply with `roles` (comma-separated), approve, collect. `env`:
+        this node's own settings, over the space's."""
         node = self.init_node(name, "--authority-url", self.authority.url, "--authority-key",
                               str(self.authority.home / "authority.pub.pem"))
-        node.start(self.env)
+        node.start({**self.env, **(env or {})})
         self.members[name] = node
         application = node.ok("POST", "/api/enrol", {"roles": roles.split(",")})
         self.authority.ok("POST", f"/api/members/{application['applicationId']}/approve")
@@ -131,14 +138,22 @@ class LocalDataSpace:
             raise LocalNodeError(f"{name} did not receive its credential")
         return node
 
-    def add_members(self, wanted: Sequence[tuple[str, str]]) -> list[LocalNode]:
+    def add_members(self, wanted: Sequence[tuple[str, str]],
+                    envs: Mapping[str, Mapping[str, str]] | None = None) -> list[LocalNode]:
         """`add_member` for each (name, roles), started side by side (a node's start is mostly
-        its interpreter importing; the authority approves one at a time)."""
+        its interpreter importing; the authority approves one at a time); `envs`: a member's
+        own settings by name."""
+        own = envs or {}
         with ThreadPoolExecutor(max_workers=len(wanted) or 1) as pool:
-            return list(pool.map(lambda w: self.add_member(*w), wanted))
+            return list(pool.map(lambda w: self.add_member(w[0], w[1], own.get(w[0])), wanted))
 
     def stop(self) -> None:
-        for node in [*self.members.values(), self.authority]:
+        """Stop every node: all are asked at once, then each is waited for (a node takes a
+        fraction of a second to shut down; one after the other, that adds up)."""
+        nodes = [*self.members.values(), self.authority]
+        for node in nodes:
+            node.terminate()
+        for node in nodes:
             node.stop()
 
 
