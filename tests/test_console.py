@@ -20,12 +20,11 @@ from typing import Any
 import httpx
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import WebDriverException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
 from tests.nodes import DataSpace, NodeProcess, dataspace, product_spec, research_offer, wait_for
@@ -147,11 +146,26 @@ def text(driver: WebDriver) -> str:
     return str(driver.find_element(By.TAG_NAME, "body").text)
 
 
+def replaced(page: WebElement) -> bool:
+    """Whether `page` (an element of the old page) is gone: stale, or, as Chrome sometimes
+    answers while it swaps documents, "Node with given id does not belong to the document"
+    (seen in CI, from `staleness_of` itself)."""
+    try:
+        page.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
+    return False
+
+
 def follow(driver: WebDriver, element: WebElement) -> None:
     """Click a link or button and wait until the next page has replaced this one."""
     page = driver.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(page))
+    WebDriverWait(driver, 10).until(lambda _: replaced(page))
     # The old page is gone but the new one may still be parsing; a lookup then can hit a node of the
     # discarded document ("Node with given id does not belong to the document", seen in CI).
     WebDriverWait(driver, 10, ignored_exceptions=(WebDriverException,)).until(
