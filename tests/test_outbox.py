@@ -42,6 +42,7 @@ class Peer:
         self.port = port
         self.received: list[object] = []
         self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
@@ -49,9 +50,12 @@ class Peer:
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
-            await self.server.wait_closed()
+            for writer in self.writers:  # a keep-alive connection would hold wait_closed
+                writer.close()
+            await asyncio.wait_for(self.server.wait_closed(), 10)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
         try:
             while head := await reader.readuntil(b"\r\n\r\n"):
                 length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
